@@ -1,0 +1,284 @@
+// The Eigen CPU backend: the handful of primitives the sharded families are written in
+// (three GEMM shapes, fused bias+GELU, per-stream LayerNorm, reductions over the batch,
+// softmax cross-entropy), each parallel over fixed tasks (see parallel.hpp) and so
+// deterministic for any thread count. Matrices are column-major (features, batch).
+#pragma once
+
+#if defined(_OPENMP) && !defined(EIGEN_DONT_PARALLELIZE)
+#error "additive schedules CPU threads itself: define EIGEN_DONT_PARALLELIZE (the additive::additive target does)"
+#endif
+
+#include <Eigen/Core>
+#include <unsupported/Eigen/SpecialFunctions>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numbers>
+#include <span>
+#include <vector>
+
+#include "additive/core/error.hpp"
+#include "additive/core/view.hpp"
+#include "additive/cpu/parallel.hpp"
+
+namespace additive::cpu {
+
+template <class T>
+using EigenMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;  // column-major
+template <class T>
+using EigenMap = Eigen::Map<EigenMat<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
+template <class T>
+using EigenConstMap = Eigen::Map<const EigenMat<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
+
+template <class T>
+[[nodiscard]] inline EigenMap<T> map(MatView<T> v) {
+  return EigenMap<T>(v.data, v.rows, v.cols, Eigen::OuterStride<>(std::max<Index>(v.ld, 1)));
+}
+template <class T>
+[[nodiscard]] inline EigenConstMap<T> map(MatView<const T> v) {
+  return EigenConstMap<T>(v.data, v.rows, v.cols, Eigen::OuterStride<>(std::max<Index>(v.ld, 1)));
+}
+
+/// What the backend has executed; tests use it to prove that skipped work is skipped.
+struct Counters {
+  std::uint64_t gemms = 0;       ///< logical GEMM calls (one per product, however many tasks)
+  double gemm_flops = 0;         ///< 2*M*N*K summed over those calls
+  void reset() noexcept { *this = Counters{}; }
+};
+
+template <class T>
+class CpuBackend {
+  static_assert(std::is_floating_point_v<T>, "CpuBackend<T>: T is float or double");
+
+ public:
+  using scalar_type = T;
+
+  explicit CpuBackend(int threads = 1) : threads_(std::max(1, threads)) {}
+
+  [[nodiscard]] int threads() const noexcept { return threads_; }
+  void set_threads(int threads) noexcept { threads_ = std::max(1, threads); }
+  [[nodiscard]] const Counters& counters() const noexcept { return counters_; }
+  void reset_counters() noexcept { counters_.reset(); }
+
+  // ---- GEMM, three shapes. beta is 0 (write) or 1 (accumulate). ----
+
+  /// C = alpha * A^T * B + beta * C.  A: (K, M), B: (K, N), C: (M, N). Tasks over N.
+  void gemm_tn(MatView<T> c, MatView<const T> a, MatView<const T> b, T alpha, T beta) {
+    check_gemm(c, a.cols, b.cols, a.rows, b.rows);
+    count(c.rows, c.cols, a.rows);
+    parallel_chunks(threads_, c.cols, column_task, [&](Index j0, Index nj) {
+      auto cc = map(c.cols_range(j0, nj));
+      const auto bb = map(b.cols_range(j0, nj));
+      const auto aa = map(a);
+      if (beta == T(0))
+        cc.noalias() = (alpha * aa.transpose()) * bb;
+      else
+        cc.noalias() += (alpha * aa.transpose()) * bb;
+    });
+  }
+
+  /// C = alpha * A * B + beta * C.  A: (M, K), B: (K, N), C: (M, N). Tasks over N.
+  void gemm_nn(MatView<T> c, MatView<const T> a, MatView<const T> b, T alpha, T beta) {
+    check_gemm(c, a.rows, b.cols, a.cols, b.rows);
+    count(c.rows, c.cols, a.cols);
+    parallel_chunks(threads_, c.cols, column_task, [&](Index j0, Index nj) {
+      auto cc = map(c.cols_range(j0, nj));
+      const auto bb = map(b.cols_range(j0, nj));
+      const auto aa = map(a);
+      if (beta == T(0))
+        cc.noalias() = (alpha * aa) * bb;
+      else
+        cc.noalias() += (alpha * aa) * bb;
+    });
+  }
+
+  /// C = alpha * A * B^T + beta * C.  A: (M, K), B: (N, K), C: (M, N). The reduction
+  /// over K (the batch, for weight gradients) stays inside one task. Tasks over N.
+  void gemm_nt(MatView<T> c, MatView<const T> a, MatView<const T> b, T alpha, T beta) {
+    check_gemm(c, a.rows, b.rows, a.cols, b.cols);
+    count(c.rows, c.cols, a.cols);
+    parallel_chunks(threads_, c.cols, column_task, [&](Index j0, Index nj) {
+      auto cc = map(c.cols_range(j0, nj));
+      const auto bb = map(b.rows_range(j0, nj));
+      const auto aa = map(a);
+      if (beta == T(0))
+        cc.noalias() = (alpha * aa) * bb.transpose();
+      else
+        cc.noalias() += (alpha * aa) * bb.transpose();
+    });
+  }
+
+  // ---- elementwise and per-sample kernels ----
+
+  /// u += bias (per row), then h = gelu(u). u keeps the pre-activation for backward.
+  /// u, h: (rows, batch); bias: (rows).
+  void bias_gelu(MatView<T> u, const T* bias, MatView<T> h) {
+    const auto bvec = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(bias, u.rows);
+    parallel_chunks(threads_, u.cols, column_task, [&](Index j0, Index nj) {
+      auto uu = map(u.cols_range(j0, nj)).array();
+      auto hh = map(h.cols_range(j0, nj)).array();
+      uu.colwise() += bvec;
+      hh = uu * (T(0.5) * (T(1) + (uu * T(std::numbers::sqrt2_v<T> / 2)).erf()));
+    });
+  }
+
+  /// du = dh * gelu'(u), du may alias dh.  (rows, batch) each.
+  void gelu_backward(MatView<const T> u, MatView<const T> dh, MatView<T> du) {
+    constexpr T inv_sqrt2 = std::numbers::sqrt2_v<T> / 2;
+    constexpr T inv_sqrt2pi = std::numbers::inv_sqrtpi_v<T> * inv_sqrt2;
+    parallel_chunks(threads_, u.cols, column_task, [&](Index j0, Index nj) {
+      const auto uu = map(u.cols_range(j0, nj)).array();
+      const auto gg = map(dh.cols_range(j0, nj)).array();
+      auto out = map(du.cols_range(j0, nj)).array();
+      out = gg * (T(0.5) * (T(1) + (uu * inv_sqrt2).erf()) + uu * inv_sqrt2pi * (T(-0.5) * uu.square()).exp());
+    });
+  }
+
+  /// Per-sample LayerNorm over the rows: y = (x - mean) * rstd * w + b.
+  /// x, y: (d, batch); mean, rstd: (batch), written for the backward pass.
+  void layernorm(MatView<const T> x, const T* w, const T* b, MatView<T> y, T* mean, T* rstd, T eps) {
+    const Index d = x.rows;
+    const auto ww = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(w, d);
+    const auto bb = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(b, d);
+    parallel_chunks(threads_, x.cols, column_task, [&](Index j0, Index nj) {
+      for (Index j = j0; j < j0 + nj; ++j) {
+        const auto xc = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(&x(0, j), d);
+        const T mu = xc.mean();
+        const T var = (xc - mu).square().mean();
+        const T rs = T(1) / std::sqrt(var + eps);
+        Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(&y(0, j), d) = (xc - mu) * rs * ww + bb;
+        mean[j] = mu;
+        rstd[j] = rs;
+      }
+    });
+  }
+
+  /// LayerNorm backward. Contract: dx += ..., dw += ..., db += ... (all accumulate).
+  /// x, dy, dx: (d, batch). The batch reductions for dw, db run in fixed task order.
+  void layernorm_backward(MatView<const T> x, const T* w, const T* mean, const T* rstd, MatView<const T> dy,
+                          MatView<T> dx, T* dw, T* db) {
+    const Index d = x.rows;
+    const Index tasks = task_count(x.cols);
+    partial_.assign(static_cast<std::size_t>(2 * d * tasks), T(0));  // (d, 2 * tasks)
+    const auto ww = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(w, d);
+    parallel_tasks(threads_, tasks, [&](Index t) {
+      const Index j0 = t * column_task;
+      const Index j1 = std::min(x.cols, j0 + column_task);
+      auto pdw = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(partial_.data() + 2 * t * d, d);
+      auto pdb = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(partial_.data() + (2 * t + 1) * d, d);
+      Eigen::Array<T, Eigen::Dynamic, 1> xhat(d), g(d);
+      for (Index j = j0; j < j1; ++j) {
+        const auto xc = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(&x(0, j), d);
+        const auto gy = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(&dy(0, j), d);
+        xhat = (xc - mean[j]) * rstd[j];
+        pdw += gy * xhat;
+        pdb += gy;
+        g = gy * ww;
+        const T g_mean = g.mean();
+        const T gx_mean = (g * xhat).mean();
+        Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(&dx(0, j), d) += rstd[j] * (g - g_mean - xhat * gx_mean);
+      }
+    });
+    for (Index t = 0; t < tasks; ++t)
+      for (Index i = 0; i < d; ++i) {
+        dw[i] += partial_[static_cast<std::size_t>(2 * t * d + i)];
+        db[i] += partial_[static_cast<std::size_t>((2 * t + 1) * d + i)];
+      }
+  }
+
+  /// out += sum over columns of m.  m: (rows, batch); out: (rows). Fixed task order.
+  void add_row_sums(MatView<const T> m, T* out) {
+    const Index tasks = task_count(m.cols);
+    partial_.assign(static_cast<std::size_t>(m.rows * tasks), T(0));
+    parallel_tasks(threads_, tasks, [&](Index t) {
+      const Index j0 = t * column_task;
+      const Index nj = std::min(column_task, m.cols - j0);
+      // Column by column, so every element is summed in the same order whatever the
+      // alignment of the buffers (Eigen's vectorised rowwise().sum() is not).
+      auto acc = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(partial_.data() + t * m.rows, m.rows);
+      for (Index j = j0; j < j0 + nj; ++j) acc += Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(&m(0, j), m.rows);
+    });
+    for (Index t = 0; t < tasks; ++t)
+      for (Index i = 0; i < m.rows; ++i) out[i] += partial_[static_cast<std::size_t>(t * m.rows + i)];
+  }
+
+  /// y = x + z + bias (per row), or y = x + bias when z is empty.  (d, batch) each.
+  void residual_add(MatView<const T> x, MatView<const T> z, const T* bias, MatView<T> y) {
+    const auto bvec = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(bias, x.rows);
+    parallel_chunks(threads_, x.cols, column_task, [&](Index j0, Index nj) {
+      auto yy = map(y.cols_range(j0, nj)).array();
+      yy = map(x.cols_range(j0, nj)).array() + map(z.cols_range(j0, nj)).array();
+      yy.colwise() += bvec;
+    });
+  }
+
+  /// y = x + bias (per row).  (rows, batch).
+  void add_bias(MatView<T> y, const T* bias) {
+    const auto bvec = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(bias, y.rows);
+    parallel_chunks(threads_, y.cols, column_task, [&](Index j0, Index nj) {
+      map(y.cols_range(j0, nj)).array().colwise() += bvec;
+    });
+  }
+
+  /// y = alpha * x (+ y when accumulate).  Same shape.
+  void axpby(MatView<const T> x, T alpha, MatView<T> y, bool accumulate) {
+    parallel_chunks(threads_, x.cols, column_task, [&](Index j0, Index nj) {
+      auto yy = map(y.cols_range(j0, nj));
+      if (accumulate)
+        yy += alpha * map(x.cols_range(j0, nj));
+      else
+        yy = alpha * map(x.cols_range(j0, nj));
+    });
+  }
+
+  void fill(MatView<T> y, T value) {
+    parallel_chunks(threads_, y.cols, column_task,
+                    [&](Index j0, Index nj) { map(y.cols_range(j0, nj)).setConstant(value); });
+  }
+
+  /// Mean softmax cross-entropy over the batch; writes dlogits = (softmax - onehot) / batch.
+  /// logits, dlogits: (classes, batch). Labels must be in [0, classes) (checked by the caller).
+  T softmax_xent(MatView<const T> logits, std::span<const std::int32_t> labels, MatView<T> dlogits) {
+    const Index n = logits.cols;
+    const Index tasks = task_count(n);
+    partial_.assign(static_cast<std::size_t>(tasks), T(0));
+    parallel_tasks(threads_, tasks, [&](Index t) {
+      const Index j0 = t * column_task;
+      const Index j1 = std::min(n, j0 + column_task);
+      T sum = 0;
+      for (Index j = j0; j < j1; ++j) {
+        const auto z = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(&logits(0, j), logits.rows);
+        auto g = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(&dlogits(0, j), dlogits.rows);
+        const T zmax = z.maxCoeff();
+        g = (z - zmax).exp();
+        const T s = g.sum();
+        const auto y = static_cast<Index>(labels[static_cast<std::size_t>(j)]);
+        sum += std::log(s) - (z(y) - zmax);
+        g = g / (s * T(n));
+        g(y) -= T(1) / T(n);
+      }
+      partial_[static_cast<std::size_t>(t)] = sum;
+    });
+    T total = 0;
+    for (Index t = 0; t < tasks; ++t) total += partial_[static_cast<std::size_t>(t)];
+    return total / T(n);
+  }
+
+ private:
+  static void check_gemm(MatView<T> c, Index m, Index n, Index k, Index k2) {
+    if (c.rows != m || c.cols != n || k != k2)
+      throw RuntimeError("gemm: shapes do not agree (C " + std::to_string(c.rows) + "x" + std::to_string(c.cols) +
+                         ", op(A) " + std::to_string(m) + "x" + std::to_string(k) + ", op(B) " + std::to_string(k2) +
+                         "x" + std::to_string(n) + ")");
+  }
+  void count(Index m, Index n, Index k) noexcept {
+    ++counters_.gemms;
+    counters_.gemm_flops += 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
+  }
+
+  int threads_;
+  Counters counters_;
+  std::vector<T> partial_;  // per-task partial sums, reused
+};
+
+}  // namespace additive::cpu
