@@ -1,0 +1,121 @@
+// AdamW with the exact semantics of torch.optim.AdamW (amsgrad=False, maximize=False),
+// decoupled weight decay applied only to tensors whose layout entry has `decay = true`.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "additive/core/error.hpp"
+#include "additive/core/params.hpp"
+#include "additive/optim/optimizer.hpp"
+
+namespace additive {
+
+/// PyTorch's defaults except weight_decay, where PyTorch's AdamW also uses 0.01.
+struct AdamWConfig {
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.01;
+};
+
+/// Throws `InputError` naming the first bad field (NaN is always rejected).
+inline void validate(const AdamWConfig& c) {
+  auto fail = [](const std::string& what) { throw InputError("AdamW: " + what); };
+  if (!(c.beta1 >= 0.0 && c.beta1 < 1.0))
+    fail("beta1 = " + detail::format_number(c.beta1) + ", expected a value in [0, 1)");
+  if (!(c.beta2 >= 0.0 && c.beta2 < 1.0))
+    fail("beta2 = " + detail::format_number(c.beta2) + ", expected a value in [0, 1)");
+  if (!(c.eps > 0.0) || !std::isfinite(c.eps))
+    fail("eps = " + detail::format_number(c.eps) + ", expected a finite value > 0");
+  if (!(c.weight_decay >= 0.0) || !std::isfinite(c.weight_decay))
+    fail("weight_decay = " + detail::format_number(c.weight_decay) +
+         ", expected a finite value >= 0");
+}
+
+/// State: first moment "m" and second moment "v", both zero before the first step.
+/// Per step t (counted from 1) and element, as torch.optim.AdamW:
+///
+///     p *= 1 - lr*wd                      (decay tensors only)
+///     m  = b1*m + (1-b1)*g
+///     v  = b2*v + (1-b2)*g*g
+///     p -= (lr / (1-b1^t)) * m / (sqrt(v) / sqrt(1-b2^t) + eps)
+///
+/// The last line is `lr * m_hat / (sqrt(v_hat) + eps)` written the way PyTorch
+/// evaluates it. Bias corrections and the per-step scalars are computed in double and
+/// rounded once to `T`. The element loop is branch-free and purely elementwise, so the
+/// result does not depend on vectorization; GCC and Clang vectorize it only under
+/// -fno-math-errno (otherwise std::sqrt may have to set errno).
+template <std::floating_point T>
+class AdamW {
+ public:
+  AdamW(ParamLayout layout, AdamWConfig config = {})
+      : layout_(std::move(layout)), config_(config) {
+    validate(config_);
+    m_.assign(layout_.total(), T(0));
+    v_.assign(layout_.total(), T(0));
+  }
+
+  void step(std::span<T> params, std::span<const T> grads, T lr) {
+    detail::check_step_args("AdamW", layout_, params, grads, lr);
+    ++steps_;
+    const double t = static_cast<double>(steps_);
+    const double lr_d = static_cast<double>(lr);
+    const double bc1 = 1.0 - std::pow(config_.beta1, t);
+    const double bc2 = 1.0 - std::pow(config_.beta2, t);
+    const T b1 = static_cast<T>(config_.beta1);
+    const T one_minus_b1 = static_cast<T>(1.0 - config_.beta1);
+    const T b2 = static_cast<T>(config_.beta2);
+    const T one_minus_b2 = static_cast<T>(1.0 - config_.beta2);
+    const T step_size = static_cast<T>(lr_d / bc1);
+    const T sqrt_bc2 = static_cast<T>(std::sqrt(bc2));
+    const T eps = static_cast<T>(config_.eps);
+    const T decayed = static_cast<T>(1.0 - lr_d * config_.weight_decay);
+
+    for (const TensorSpec& spec : layout_.tensors()) {
+      // Multiplying by exactly 1 leaves a no-decay tensor bit-identical.
+      const T keep = spec.decay ? decayed : T(1);
+      T* p = params.data() + spec.offset;
+      const T* g = grads.data() + spec.offset;
+      T* m = m_.data() + spec.offset;
+      T* v = v_.data() + spec.offset;
+      for (std::size_t i = 0; i < spec.size; ++i) {
+        const T gi = g[i];
+        const T mi = b1 * m[i] + one_minus_b1 * gi;
+        const T vi = b2 * v[i] + one_minus_b2 * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = p[i] * keep - step_size * (mi / (std::sqrt(vi) / sqrt_bc2 + eps));
+      }
+    }
+  }
+
+  [[nodiscard]] OptimizerState<T> state() {
+    return {{"m", std::span<T>(m_)}, {"v", std::span<T>(v_)}};
+  }
+
+  [[nodiscard]] std::int64_t steps() const noexcept { return steps_; }
+  void set_steps(std::int64_t steps) {
+    detail::check_set_steps("AdamW", steps);
+    steps_ = steps;
+  }
+
+  [[nodiscard]] std::string_view name() const noexcept { return "adamw"; }
+  [[nodiscard]] const ParamLayout& layout() const noexcept { return layout_; }
+  [[nodiscard]] const AdamWConfig& config() const noexcept { return config_; }
+
+ private:
+  ParamLayout layout_;
+  AdamWConfig config_;
+  std::vector<T> m_;  // (layout.total())
+  std::vector<T> v_;  // (layout.total())
+  std::int64_t steps_ = 0;
+};
+
+}  // namespace additive
