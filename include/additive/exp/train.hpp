@@ -1,0 +1,321 @@
+// Training one structure of the MLP family: seeded initialisation, epochs over a shuffled
+// training view, AdamW or SGD under a warmup + cosine schedule, validation each epoch,
+// atomic checkpoints, and a resume that reproduces the uninterrupted run bit for bit.
+//
+// Position in the run is the step count alone: step s is batch s % B of epoch s / B, and
+// the order of epoch e is drawn from a seed the trainer's RNG gives at the epoch's start
+// (saved in the checkpoint with the RNG), so nothing has to be replayed on resume.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <random>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "additive/core/error.hpp"
+#include "additive/core/structure.hpp"
+#include "additive/cpu/mlp_model.hpp"
+#include "additive/data/dataset.hpp"
+#include "additive/exp/progress.hpp"
+#include "additive/io/checkpoint.hpp"
+#include "additive/nn/mlp.hpp"
+#include "additive/optim/adamw.hpp"
+#include "additive/optim/schedule.hpp"
+#include "additive/optim/sgd.hpp"
+
+namespace additive {
+
+/// Everything that decides the numbers of a run. Checkpoints store it; resume requires
+/// the same values (threads and file paths are free to change: they do not change results).
+struct TrainOptions {
+  std::int64_t epochs = 1;
+  std::int64_t batch = 128;
+  std::string optimizer = "adamw";  ///< "adamw" or "sgd"
+  double lr = 1e-3;
+  double min_lr = 0.0;
+  double warmup = 0.05;             ///< fraction of all steps spent warming up
+  double weight_decay = 0.01;
+  double momentum = 0.9;            ///< SGD only
+  bool nesterov = false;            ///< SGD only
+  std::uint64_t seed = 0;
+
+  void validate() const {
+    auto bad = [](const std::string& what) { throw InputError("training options: " + what); };
+    if (epochs < 1) bad("epochs must be >= 1, got " + std::to_string(epochs));
+    if (batch < 1) bad("batch must be >= 1, got " + std::to_string(batch));
+    if (optimizer != "adamw" && optimizer != "sgd") bad("optimizer must be 'adamw' or 'sgd', got '" + optimizer + "'");
+    if (!(lr > 0) || !std::isfinite(lr)) bad("lr must be a positive number");
+    if (!(min_lr >= 0) || min_lr > lr) bad("min_lr must be in [0, lr]");
+    if (!(warmup >= 0 && warmup <= 1)) bad("warmup must be a fraction in [0, 1]");
+    if (!(weight_decay >= 0)) bad("weight decay must be >= 0");
+    if (!(momentum >= 0 && momentum < 1)) bad("momentum must be in [0, 1)");
+  }
+};
+
+inline void to_json(nlohmann::json& j, const TrainOptions& o) {
+  j = nlohmann::json{{"epochs", o.epochs}, {"batch", o.batch},     {"optimizer", o.optimizer},
+                     {"lr", o.lr},         {"min_lr", o.min_lr},   {"warmup", o.warmup},
+                     {"weight_decay", o.weight_decay}, {"momentum", o.momentum}, {"nesterov", o.nesterov},
+                     {"seed", o.seed}};
+}
+
+/// How a run executes; none of it changes the numbers.
+struct RunOptions {
+  int threads = 1;
+  std::int64_t eval_batch = 1000;
+  std::filesystem::path checkpoint{};     ///< written atomically after every epoch (empty: never)
+  std::int64_t checkpoint_every = 0;      ///< also every this many steps (0: only per epoch)
+  std::int64_t stop_after_steps = -1;     ///< stop early once this many steps are done (>= 0), as if interrupted
+  bool progress = true;                   ///< progress bar on stderr
+};
+
+struct EvalResult {
+  double loss = 0;
+  double accuracy = 0;
+  std::int64_t samples = 0;
+};
+
+struct EpochRecord {
+  std::int64_t epoch = 0;  ///< 1-based
+  double train_loss = 0;   ///< mean over the epoch's batches
+  EvalResult val;
+  double seconds = 0;
+};
+
+struct TrainResult {
+  std::vector<EpochRecord> epochs;
+  std::int64_t steps = 0;
+  bool finished = false;          ///< false when stopped early by stop_after_steps
+  double samples_per_second = 0;  ///< training throughput of this run (not counting evaluation)
+};
+
+/// Trains one structure of family F in scalar T on the CPU backend.
+template <Family F, class T>
+class Trainer {
+ public:
+  using mask_type = typename F::mask_type;
+
+  Trainer(const MlpConfig& model_config, mask_type mask, const TrainOptions& train, const RunOptions& run = {})
+      : model_config_(model_config),
+        mask_(mask),
+        train_(train),
+        run_(run),
+        model_((train.validate(), model_config), run.threads),
+        params_(model_.layout().total()),
+        grads_(model_.layout().total()),
+        optimizer_(make_optimizer(model_.layout(), train)),
+        rng_(derive_seed(train.seed, kTrainDomain, 0)) {
+    init_mlp_params<T>(model_config_, F::blocks, derive_seed(train.seed, kInitDomain, 0), params_);
+  }
+
+  [[nodiscard]] std::span<T> params() noexcept { return params_; }
+  [[nodiscard]] std::span<const T> params() const noexcept { return params_; }
+  [[nodiscard]] const ParamLayout& layout() const noexcept { return model_.layout(); }
+  [[nodiscard]] std::int64_t step() const noexcept { return step_; }
+  [[nodiscard]] cpu::MlpModel<F, T>& model() noexcept { return model_; }
+
+  /// Trains until all epochs are done (or stop_after_steps). `on_epoch` sees each record.
+  TrainResult fit(const DatasetView& train, const DatasetView& val,
+                  const std::function<void(const EpochRecord&)>& on_epoch = {}) {
+    if (train.size() < 1) throw InputError("training set is empty");
+    if (train.input_dim() != model_config_.in_dim)
+      throw InputError(fmt::format("training data has {} features per sample, the model expects {}", train.input_dim(),
+                                   model_config_.in_dim));
+    const std::int64_t per_epoch = (train.size() + train_.batch - 1) / train_.batch;
+    per_epoch_ = per_epoch;
+    const std::int64_t total = per_epoch * train_.epochs;
+    const WarmupCosine schedule{train_.lr, static_cast<std::int64_t>(std::floor(train_.warmup * double(total))), total,
+                                train_.min_lr};
+    TrainResult result;
+    Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> x;  // (in_dim, batch)
+    std::vector<std::int32_t> y;
+    double train_seconds = 0;
+    std::int64_t trained_samples = 0;
+
+    while (step_ < total) {
+      const std::int64_t epoch = step_ / per_epoch;
+      if (step_ % per_epoch == 0) {
+        epoch_seed_ = rng_();
+        epoch_loss_sum_ = 0;
+      }
+      const Batcher<DatasetView> batches(train, train_.batch, epoch_seed_, epoch);
+      ProgressBar bar(fmt::format("epoch {}/{}", epoch + 1, train_.epochs), per_epoch, double(train_.batch), "samples",
+                      run_.progress ? stderr : nullptr);
+      const auto t0 = ProgressBar::Clock::now();
+      for (std::int64_t b = step_ % per_epoch; b < per_epoch; ++b) {
+        batches.batch(b, x, y);
+        const MatView<const T> xv(x.data(), x.rows(), x.cols());
+        const T loss = model_.forward(mask_, params_, xv, y);
+        if (!std::isfinite(static_cast<double>(loss)))
+          throw InputError(fmt::format("training diverged: loss is {} at step {} (lower --lr?)", double(loss), step_));
+        model_.backward(params_, grads_);
+        std::visit([&](auto& opt) { opt.step(params_, grads_, static_cast<T>(schedule.lr(step_))); }, optimizer_);
+        epoch_loss_sum_ += double(loss);
+        trained_samples += x.cols();
+        ++step_;
+        bar.update(b + 1, fmt::format("loss {:.4f}", double(loss)));
+        const bool stop = run_.stop_after_steps >= 0 && step_ >= run_.stop_after_steps;
+        if (!run_.checkpoint.empty() && run_.checkpoint_every > 0 && step_ % run_.checkpoint_every == 0 &&
+            step_ % per_epoch != 0)
+          save(run_.checkpoint);
+        if (stop && step_ % per_epoch != 0) {
+          if (!run_.checkpoint.empty()) save(run_.checkpoint);
+          train_seconds += std::chrono::duration<double>(ProgressBar::Clock::now() - t0).count();
+          result.steps = step_;
+          result.samples_per_second = train_seconds > 0 ? double(trained_samples) / train_seconds : 0;
+          return result;
+        }
+      }
+      const double seconds = std::chrono::duration<double>(ProgressBar::Clock::now() - t0).count();
+      train_seconds += seconds;
+      EpochRecord rec{epoch + 1, epoch_loss_sum_ / double(per_epoch), evaluate(val), seconds};
+      result.epochs.push_back(rec);
+      if (on_epoch) on_epoch(rec);
+      if (!run_.checkpoint.empty()) save(run_.checkpoint);
+      if (run_.stop_after_steps >= 0 && step_ >= run_.stop_after_steps && step_ < total) {
+        result.steps = step_;
+        result.samples_per_second = train_seconds > 0 ? double(trained_samples) / train_seconds : 0;
+        return result;
+      }
+    }
+    result.steps = step_;
+    result.finished = true;
+    result.samples_per_second = train_seconds > 0 ? double(trained_samples) / train_seconds : 0;
+    return result;
+  }
+
+  /// Mean loss and accuracy of the current parameters on a view (in fixed batches).
+  EvalResult evaluate(const DatasetView& data) {
+    EvalResult r;
+    if (data.size() == 0) return r;
+    const Batcher<DatasetView> batches(data, run_.eval_batch, 0, 0, BatchOptions{.shuffle = false});
+    Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> x;
+    std::vector<std::int32_t> y;
+    double loss_sum = 0;
+    std::int64_t correct = 0;
+    for (std::int64_t b = 0; b < batches.num_batches(); ++b) {
+      batches.batch(b, x, y);
+      const T loss = model_.forward(mask_, params_, MatView<const T>(x.data(), x.rows(), x.cols()), y);
+      loss_sum += double(loss) * double(x.cols());
+      const auto logits = model_.logits();  // (classes, batch)
+      for (Index j = 0; j < logits.cols; ++j) {
+        Index best = 0;
+        for (Index c = 1; c < logits.rows; ++c)
+          if (logits(c, j) > logits(best, j)) best = c;
+        correct += best == y[static_cast<std::size_t>(j)] ? 1 : 0;
+      }
+    }
+    r.samples = data.size();
+    r.loss = loss_sum / double(r.samples);
+    r.accuracy = double(correct) / double(r.samples);
+    return r;
+  }
+
+  /// Writes the whole training state atomically.
+  void save(const std::filesystem::path& path) {
+    CheckpointState<T> state{&model_.layout(), params_, optimizer_state(), metadata()};
+    save_checkpoint(path, state);
+  }
+
+  /// Restores a state written by save(); the family, widths, structure and training
+  /// options must be the ones this trainer was built with. On error nothing changes.
+  void resume(const std::filesystem::path& path) {
+    std::vector<T> params(params_.size());
+    std::vector<std::vector<T>> opt_buffers;
+    std::vector<std::pair<std::string, std::span<T>>> opt_views;
+    for (auto& [name, span] : optimizer_state()) {
+      opt_buffers.emplace_back(span.size());
+      opt_views.emplace_back(name, opt_buffers.back());
+    }
+    CheckpointState<T> state{&model_.layout(), params, opt_views, {}};
+    load_checkpoint(path, state);
+    const auto& meta = state.metadata;
+    auto need = [&](const char* key) -> const std::string& {
+      const auto it = meta.find(key);
+      if (it == meta.end()) throw InputError("checkpoint '" + path.string() + "': missing metadata '" + key + "'");
+      return it->second;
+    };
+    auto mismatch = [&](const std::string& what, const std::string& file, const std::string& now) {
+      throw InputError("checkpoint '" + path.string() + "' was written for " + what + " " + file + ", this run uses " +
+                       now);
+    };
+    const auto expected = metadata();
+    for (const char* key : {"family", "model", "mask"})
+      if (need(key) != expected.at(key)) mismatch(key, need(key), expected.at(key));
+    if (need("train") != expected.at("train")) mismatch("training options", need("train"), expected.at("train"));
+    const auto parse_u64 = [&](const char* key) {
+      try {
+        return static_cast<std::uint64_t>(std::stoull(need(key)));
+      } catch (const std::exception&) {
+        throw InputError("checkpoint '" + path.string() + "': metadata '" + key + "' is not a number");
+      }
+    };
+    const auto step = parse_u64("step");
+    const auto epoch_seed = parse_u64("epoch_seed");
+    const double loss_sum = std::stod(need("epoch_loss_sum"));
+    auto rng = rng_from_string(need("rng"));
+    // Everything parsed: commit.
+    std::copy(params.begin(), params.end(), params_.begin());
+    auto live = optimizer_state();
+    for (std::size_t i = 0; i < live.size(); ++i)
+      std::copy(opt_buffers[i].begin(), opt_buffers[i].end(), live[i].second.begin());
+    std::visit([&](auto& opt) { opt.set_steps(static_cast<std::int64_t>(step)); }, optimizer_);
+    step_ = static_cast<std::int64_t>(step);
+    epoch_seed_ = epoch_seed;
+    epoch_loss_sum_ = loss_sum;
+    rng_ = rng;
+  }
+
+ private:
+  static constexpr std::uint64_t kInitDomain = 0x696E6974ULL;      // "init"
+  static constexpr std::uint64_t kTrainDomain = 0x747261696EULL;   // "train"
+
+  using AnyOptimizer = std::variant<AdamW<T>, Sgd<T>>;
+
+  static AnyOptimizer make_optimizer(const ParamLayout& layout, const TrainOptions& o) {
+    if (o.optimizer == "sgd")
+      return Sgd<T>(layout, SgdConfig{.momentum = o.momentum, .nesterov = o.nesterov, .weight_decay = o.weight_decay});
+    return AdamW<T>(layout, AdamWConfig{.weight_decay = o.weight_decay});
+  }
+
+  std::vector<std::pair<std::string, std::span<T>>> optimizer_state() {
+    return std::visit([](auto& opt) { return OptimizerState<T>(opt.state()); }, optimizer_);
+  }
+
+  std::map<std::string, std::string> metadata() const {
+    return {{"step", std::to_string(step_)},
+            {"epoch", std::to_string(per_epoch_ > 0 ? step_ / per_epoch_ : 0)},  // completed epochs
+            {"rng", rng_to_string(rng_)},
+            {"epoch_seed", std::to_string(epoch_seed_)},
+            {"epoch_loss_sum", fmt::format("{:.17g}", epoch_loss_sum_)},
+            {"family", fmt::format("{} S={} L={} layout={}", F::name, F::shards, F::blocks,
+                                   F::layout == GateLayout::merge_only ? "merge_only" : "merge_and_branch")},
+            {"mask", to_hex(mask_)},
+            {"structure", F::to_string(mask_)},
+            {"model", nlohmann::json(model_config_).dump()},
+            {"train", nlohmann::json(train_).dump()}};
+  }
+
+  MlpConfig model_config_;
+  mask_type mask_;
+  TrainOptions train_;
+  RunOptions run_;
+  cpu::MlpModel<F, T> model_;
+  std::vector<T> params_, grads_;
+  AnyOptimizer optimizer_;
+  std::mt19937_64 rng_;
+  std::int64_t step_ = 0;
+  std::int64_t per_epoch_ = 0;
+  std::uint64_t epoch_seed_ = 0;
+  double epoch_loss_sum_ = 0;
+};
+
+}  // namespace additive
