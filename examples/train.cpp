@@ -1,9 +1,11 @@
 // train: trains one structure of the default MLP family (S = 4 shards, L = 2 blocks,
 // merge and branch gates: n = 8) on an IDX image dataset, Fashion-MNIST by default.
 // Bad input of any kind is one line on stderr and exit code 2.
-#include <CLI/CLI.hpp>
-#include <cstdio>
 #include <fmt/format.h>
+
+#include <cstdio>
+
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "additive/additive.hpp"
@@ -38,40 +40,52 @@ int run(const Flags& f, const additive::TrainOptions& train) {
   const ImageDataset train_set = load_idx_dataset(f.data, "train");
   const ImageDataset test_set = load_idx_dataset(f.data, "test");
   if (train_set.input_dim() != model.in_dim)
-    throw InputError(fmt::format("{}: images are {}x{}, the model expects 28x28", f.data, train_set.rows, train_set.cols));
+    throw InputError(
+        fmt::format("{}: images are {}x{}, the model expects 28x28", f.data, train_set.rows, train_set.cols));
   if (f.val < 0 || f.val >= train_set.count)
-    throw InputError(fmt::format("--val {} must be in [0, {}) (samples carved from the training set)", f.val, train_set.count));
+    throw InputError(fmt::format("--val {} must be in [0, {}) (samples carved from the training set)", f.val,
+                                 train_set.count));
   auto [train_idx, val_idx] = split_validation(train_set, f.val, train.seed);
   DatasetView train_view = subset(train_set, std::move(train_idx));
   if (f.limit > 0) train_view = limit(train_view, f.limit);
   const DatasetView val_view = subset(train_set, std::move(val_idx));
   const DatasetView test_view(test_set);
 
-  RunOptions run_opts{.threads = f.threads, .checkpoint = f.checkpoint, .checkpoint_every = f.checkpoint_every,
-                      .stop_after_steps = f.stop_after, .progress = !f.quiet};
+  RunOptions run_opts{.threads = f.threads,
+                      .checkpoint = f.checkpoint,
+                      .checkpoint_every = f.checkpoint_every,
+                      .stop_after_steps = f.stop_after,
+                      .progress = !f.quiet};
   Trainer<Family, T> trainer(model, mask, train, run_opts);
   if (!f.resume.empty()) trainer.resume(f.resume);
 
-  std::printf("structure %s  mask %s  %s  %zu parameters\n", Family::to_string(mask).c_str(), to_hex(mask).c_str(),
-              f.dtype.c_str(), trainer.layout().total());
-  std::printf("data %s: %lld train, %lld validation, %lld test  |  %lld epochs, batch %lld, %s lr %g, %d threads%s\n",
-              f.data.c_str(), static_cast<long long>(train_view.size()), static_cast<long long>(val_view.size()),
-              static_cast<long long>(test_view.size()), static_cast<long long>(train.epochs),
-              static_cast<long long>(train.batch), train.optimizer.c_str(), train.lr, f.threads,
-              f.resume.empty() ? "" : fmt::format("  |  resumed at step {}", trainer.step()).c_str());
+  std::printf("structure %s  mask %s  %s  %zu parameters\n", Family::to_string(mask).c_str(),
+              to_hex(mask).c_str(), f.dtype.c_str(), trainer.layout().total());
+  std::printf(
+      "data %s: %lld train, %lld validation, %lld test  |  %lld epochs, batch %lld, %s lr %g, %d threads%s\n",
+      f.data.c_str(), static_cast<long long>(train_view.size()), static_cast<long long>(val_view.size()),
+      static_cast<long long>(test_view.size()), static_cast<long long>(train.epochs),
+      static_cast<long long>(train.batch), train.optimizer.c_str(), train.lr, f.threads,
+      f.resume.empty() ? "" : fmt::format("  |  resumed at step {}", trainer.step()).c_str());
   std::fflush(stdout);
 
   const auto result = trainer.fit(train_view, val_view, [&](const EpochRecord& e) {
     std::printf("epoch %lld/%lld  train loss %.4f  val loss %.4f  val acc %.2f%%  (%.1f s)\n",
-                static_cast<long long>(e.epoch), static_cast<long long>(train.epochs), e.train_loss, e.val.loss,
-                100 * e.val.accuracy, e.seconds);
+                static_cast<long long>(e.epoch), static_cast<long long>(train.epochs), e.train_loss,
+                e.val.loss, 100 * e.val.accuracy, e.seconds);
     std::fflush(stdout);
   });
-  nlohmann::json out{{"structure", Family::to_string(mask)}, {"mask", to_hex(mask)}, {"steps", result.steps},
-                     {"finished", result.finished}, {"train_samples_per_second", result.samples_per_second}};
+  nlohmann::json out{{"structure", Family::to_string(mask)},
+                     {"mask", to_hex(mask)},
+                     {"steps", result.steps},
+                     {"finished", result.finished},
+                     {"train_samples_per_second", result.samples_per_second}};
   for (const auto& e : result.epochs)
-    out["epochs"].push_back({{"epoch", e.epoch}, {"train_loss", e.train_loss}, {"val_loss", e.val.loss},
-                             {"val_accuracy", e.val.accuracy}, {"seconds", e.seconds}});
+    out["epochs"].push_back({{"epoch", e.epoch},
+                             {"train_loss", e.train_loss},
+                             {"val_loss", e.val.loss},
+                             {"val_accuracy", e.val.accuracy},
+                             {"seconds", e.seconds}});
   if (result.finished) {
     const auto test = trainer.evaluate(test_view);
     std::printf("test  loss %.4f  acc %.2f%%  (%lld samples; %.0f training samples/s)\n", test.loss,
@@ -88,32 +102,53 @@ int run(const Flags& f, const additive::TrainOptions& train) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Train one structure of the sharded MLP family (S = 4, L = 2, n = 8 gates) on an IDX dataset."};
+  CLI::App app{
+      "Train one structure of the sharded MLP family (S = 4, L = 2, n = 8 gates) on an IDX dataset."};
   Flags f;
   additive::TrainOptions train{.epochs = 3, .batch = 128, .lr = 1e-3};
-  app.add_option("--mask", f.mask, "structure: 8 gate bits as decimal, 0x.. or 0b.. (bit 4l+i<3: merge gate i of block l; bit 4l+3: its residual)")
+  app.add_option("--mask", f.mask,
+                 "structure: 8 gate bits as decimal, 0x.. or 0b.. (bit 4l+i<3: merge gate i of block l; bit "
+                 "4l+3: its residual)")
       ->capture_default_str();
-  app.add_option("--epochs", train.epochs, "training epochs")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--lr", train.lr, "peak learning rate (warmup, then cosine to --min-lr)")->capture_default_str();
+  app.add_option("--epochs", train.epochs, "training epochs")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--lr", train.lr, "peak learning rate (warmup, then cosine to --min-lr)")
+      ->capture_default_str();
   app.add_option("--min-lr", train.min_lr, "final learning rate")->capture_default_str();
   app.add_option("--warmup", train.warmup, "fraction of steps spent warming up")->capture_default_str();
   app.add_option("--batch", train.batch, "batch size")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--optimizer", train.optimizer, "adamw or sgd")->capture_default_str()->check(CLI::IsMember({"adamw", "sgd"}));
-  app.add_option("--weight-decay", train.weight_decay, "decoupled weight decay (never on norms and biases)")->capture_default_str();
+  app.add_option("--optimizer", train.optimizer, "adamw or sgd")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"adamw", "sgd"}));
+  app.add_option("--weight-decay", train.weight_decay, "decoupled weight decay (never on norms and biases)")
+      ->capture_default_str();
   app.add_option("--momentum", train.momentum, "SGD momentum")->capture_default_str();
   app.add_flag("--nesterov", train.nesterov, "SGD with Nesterov momentum");
-  app.add_option("--seed", train.seed, "seed of the initial weights, the validation split and the data order")->capture_default_str();
-  app.add_option("--threads", f.threads, "CPU threads (results do not depend on it)")->capture_default_str()->check(CLI::Range(1, 1024));
-  app.add_option("--data", f.data, "directory of IDX files ({train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz])")->capture_default_str();
+  app.add_option("--seed", train.seed, "seed of the initial weights, the validation split and the data order")
+      ->capture_default_str();
+  app.add_option("--threads", f.threads, "CPU threads (results do not depend on it)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1024));
+  app.add_option("--data", f.data,
+                 "directory of IDX files ({train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz])")
+      ->capture_default_str();
   app.add_option("--val", f.val, "validation samples carved from the training set")->capture_default_str();
   app.add_option("--limit", f.limit, "use only the first N training samples (0: all)")->capture_default_str();
   app.add_option("--d", f.d, "model width")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--h", f.h, "hidden width (a multiple of 4)")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--dtype", f.dtype, "float or double")->capture_default_str()->check(CLI::IsMember({"float", "double"}));
-  app.add_option("--checkpoint", f.checkpoint, "write the training state here (atomically) after every epoch");
-  app.add_option("--checkpoint-every", f.checkpoint_every, "also every N steps")->check(CLI::NonNegativeNumber);
+  app.add_option("--h", f.h, "hidden width (a multiple of 4)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--dtype", f.dtype, "float or double")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"float", "double"}));
+  app.add_option("--checkpoint", f.checkpoint,
+                 "write the training state here (atomically) after every epoch");
+  app.add_option("--checkpoint-every", f.checkpoint_every, "also every N steps")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--resume", f.resume, "continue from a checkpoint written with the same options");
-  app.add_option("--stop-after", f.stop_after, "stop after this many steps in total, as if interrupted")->check(CLI::NonNegativeNumber);
+  app.add_option("--stop-after", f.stop_after, "stop after this many steps in total, as if interrupted")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--json", f.json, "write the results as JSON here");
   app.add_flag("--quiet", f.quiet, "no progress bar");
   try {

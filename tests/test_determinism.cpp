@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "additive/cpu/mlp_model.hpp"
+
 #include "test_support.hpp"
 
 using namespace additive;

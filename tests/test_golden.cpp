@@ -6,13 +6,15 @@
 
 #include <cmath>
 #include <fstream>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "additive/cpu/mlp_model.hpp"
 #include "additive/io/safetensors.hpp"
 #include "additive/optim/adamw.hpp"
+
 #include "test_support.hpp"
 
 using namespace additive;
@@ -34,12 +36,14 @@ struct Golden {
   template <class T>
   std::vector<T> params(const ParamLayout& layout, const std::string& prefix = "") const {
     std::vector<T> p(layout.total());
-    for (const auto& t : layout.tensors()) file.read_into<T>(prefix + t.name, std::span<T>(p.data() + t.offset, t.size));
+    for (const auto& t : layout.tensors())
+      file.read_into<T>(prefix + t.name, std::span<T>(p.data() + t.offset, t.size));
     return p;
   }
   template <class T>
   std::vector<T> x(int i) const {
-    return file.read<T>("batch." + std::to_string(i) + ".x");  // (batch, in) row-major == (in, batch) col-major
+    return file.read<T>("batch." + std::to_string(i) +
+                        ".x");  // (batch, in) row-major == (in, batch) col-major
   }
   std::vector<std::int32_t> y(int i) const {
     const auto y64 = file.read<std::int64_t>("batch." + std::to_string(i) + ".y");
@@ -93,19 +97,23 @@ TEST_CASE("golden: 10 float32 AdamW steps of four structures follow the PyTorch 
     cpu::MlpModel<F, float> model(config, 2);
     auto p = g.params<float>(model.layout());
     std::vector<float> grads(p.size());
-    AdamW<float> adamw(model.layout(), AdamWConfig{.beta1 = opt.at("betas")[0], .beta2 = opt.at("betas")[1],
-                                                   .eps = opt.at("eps"), .weight_decay = opt.at("weight_decay")});
+    AdamW<float> adamw(model.layout(), AdamWConfig{.beta1 = opt.at("betas")[0],
+                                                   .beta2 = opt.at("betas")[1],
+                                                   .eps = opt.at("eps"),
+                                                   .weight_decay = opt.at("weight_decay")});
     std::vector<std::vector<float>> xs;
     for (int i = 0; i < batches; ++i) xs.push_back(g.x<float>(i));
     for (int t = 0; t < 10; ++t) {
       const auto y = g.y(t % batches);
-      const float loss = model.forward(mask, p, MatView<const float>(xs[std::size_t(t % batches)].data(), config.in_dim, batch), y);
+      const float loss = model.forward(
+          mask, p, MatView<const float>(xs[std::size_t(t % batches)].data(), config.in_dim, batch), y);
       model.backward(p, grads);
       CHECK_MESSAGE(rel(loss, s.at("loss")[std::size_t(t)]) < 1e-5, "loss at step " << t);
       CHECK_MESSAGE(rel(norm(grads), s.at("grad_norm")[std::size_t(t)]) < 1e-4, "grad norm at step " << t);
       adamw.step(p, grads, float(opt.at("lr").get<double>()));
     }
-    const float final_loss = model.forward(mask, p, MatView<const float>(xs[0].data(), config.in_dim, batch), g.y(0));
+    const float final_loss =
+        model.forward(mask, p, MatView<const float>(xs[0].data(), config.in_dim, batch), g.y(0));
     CHECK(rel(final_loss, s.at("final_loss")) < 1e-5);
     CHECK(rel(norm(p), s.at("final_param_norm")) < 1e-5);
   }

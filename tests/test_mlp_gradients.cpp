@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "additive/cpu/mlp_model.hpp"
+
 #include "test_support.hpp"
 
 using namespace additive;
@@ -61,5 +62,6 @@ TEST_CASE("property 4: gradients of every parameter, every structure, S = 4, L =
 }
 
 TEST_CASE("property 4: gradients of every parameter, every structure, merge-only S = 3, L = 3 (n = 6)") {
-  check_every_structure<MlpFamily<3, 3, GateLayout::merge_only>>({.in_dim = 3, .d = 4, .h = 6, .classes = 3}, 41);
+  check_every_structure<MlpFamily<3, 3, GateLayout::merge_only>>({.in_dim = 3, .d = 4, .h = 6, .classes = 3},
+                                                                 41);
 }

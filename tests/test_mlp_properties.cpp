@@ -2,13 +2,15 @@
 // (Property 4, gradients, is in test_mlp_gradients.cpp.)
 #include <doctest/doctest.h>
 
-#include <Eigen/Core>
 #include <map>
-#include <unsupported/Eigen/SpecialFunctions>
 #include <vector>
+
+#include <Eigen/Core>
+#include <unsupported/Eigen/SpecialFunctions>
 
 #include "additive/cpu/mlp_model.hpp"
 #include "additive/nn/reference.hpp"
+
 #include "test_support.hpp"
 
 using namespace additive;
@@ -68,7 +70,8 @@ Mat plain_mlp_logits(const Fixture<F>& fx, Index r0, Index rows, double scale) {
   Mat y = m(p.embed_t).transpose() * x;
   y.colwise() += Eigen::Map<const Eigen::VectorXd>(p.embed_b, fx.config.d);
   for (const auto& b : p.blocks) {
-    Mat u = m(b.up_t).middleCols(r0, rows).transpose() * layer_norm(y, b.norm_w, b.norm_b, fx.config.norm_eps);
+    Mat u =
+        m(b.up_t).middleCols(r0, rows).transpose() * layer_norm(y, b.norm_w, b.norm_b, fx.config.norm_eps);
     u.colwise() += Eigen::Map<const Eigen::VectorXd>(b.up_b + r0, rows);
     Mat z = scale * m(b.down_t).middleRows(r0, rows).transpose() * gelu(u);
     z.colwise() += Eigen::Map<const Eigen::VectorXd>(b.down_b, fx.config.d);
@@ -112,12 +115,14 @@ TEST_CASE("property 3: the 2^8 structures of the merge-only family are 2^8 diffe
   for (std::uint64_t b = 0; b < F52::mask_type::count; ++b) out.push_back(fx.logits(F52::mask_type(b)));
   double closest = 1e300;
   for (std::size_t a = 0; a < out.size(); ++a)
-    for (std::size_t b = a + 1; b < out.size(); ++b) closest = std::min(closest, max_abs_diff<double>(out[a], out[b]));
+    for (std::size_t b = a + 1; b < out.size(); ++b)
+      closest = std::min(closest, max_abs_diff<double>(out[a], out[b]));
   MESSAGE("closest pair of the 256 structures differs by " << closest);
   CHECK(closest > 1e-6);  // rounding is ~1e-15: every pair is a different function
 }
 
-TEST_CASE("property 3: with branch gates, masks are equal functions exactly when their canonical forms agree") {
+TEST_CASE(
+    "property 3: with branch gates, masks are equal functions exactly when their canonical forms agree") {
   Fixture<F42> fx(small4, 11);
   std::map<std::uint64_t, std::vector<double>> by_canonical;
   double closest = 1e300;
@@ -136,7 +141,8 @@ TEST_CASE("property 3: with branch gates, masks are equal functions exactly when
   CHECK(closest > 1e-6);
 }
 
-TEST_CASE_TEMPLATE("property 5: specialised, per-block table, whole-model table and reference agree", F, F42, F52) {
+TEST_CASE_TEMPLATE("property 5: specialised, per-block table, whole-model table and reference agree", F, F42,
+                   F52) {
   Fixture<F> fx(F::shards == 4 ? small4 : small5, 3);
   int checked = 0;
   for_each_variant(structure_variants<F>{}, [&]<std::size_t B>() {
@@ -171,7 +177,8 @@ std::pair<std::uint64_t, std::uint64_t> expected_gemms(typename F::mask_type m) 
   for (int l = 0; l < F::blocks; ++l) {
     const auto g = F::block(m, l);
     if (!g.residual()) continue;
-    const auto n = std::uint64_t(intervals_from_cuts<F::shards>(cuts[std::size_t(l)]).size() + g.segments().size());
+    const auto n =
+        std::uint64_t(intervals_from_cuts<F::shards>(cuts[std::size_t(l)]).size() + g.segments().size());
     fwd += n;
     bwd += 2 * n;
   }

@@ -42,7 +42,8 @@ static_assert(Structure<F42, 0xFF>::is_dense() && !Mixed::is_dense());
 static_assert(Structure<F52, 0xFF>::is_dense());
 // A skipped block leaves the streams alone: block 1 of Mixed does not cut stream 0..1.
 static_assert(Mixed::stream_cuts[1] == 0b010 && Mixed::stream_cuts[2] == 0b010);
-static_assert(std::tuple_size_v<decltype(make_table(block_variants<F42>{}, []<std::size_t I>() { return I; }))> == 16);
+static_assert(
+    std::tuple_size_v<decltype(make_table(block_variants<F42>{}, []<std::size_t I>() { return I; }))> == 16);
 
 TEST_CASE("segments of every block pattern tile the shards in order") {
   int patterns = 0;
@@ -70,7 +71,8 @@ TEST_CASE("structures print as segments per block") {
 
 TEST_CASE("canonical form clears exactly the merge gates of skipped blocks") {
   std::set<std::uint64_t> canon;
-  for (std::uint64_t b = 0; b < F42::mask_type::count; ++b) canon.insert(F42::canonical(F42::mask_type(b)).bits());
+  for (std::uint64_t b = 0; b < F42::mask_type::count; ++b)
+    canon.insert(F42::canonical(F42::mask_type(b)).bits());
   CHECK(canon.size() == 9 * 9);  // (2^(S-1) + 1)^L
   CHECK(F42::canonical(F42::mask_type(0x6D)).bits() == 0x0D);
   for (std::uint64_t b = 0; b < F52::mask_type::count; ++b)
@@ -81,7 +83,8 @@ TEST_CASE("mask parsing accepts decimal, hex and binary and names bad input") {
   CHECK(Mask<8>::parse("109").bits() == 109);
   CHECK(Mask<8>::parse("0x6d").bits() == 0x6d);
   CHECK(Mask<8>::parse("0b1101").bits() == 13);
-  CHECK_THROWS_WITH_AS(Mask<8>::parse("0x100"), doctest::Contains("bits beyond the model's 8 gates"), InputError);
+  CHECK_THROWS_WITH_AS(Mask<8>::parse("0x100"), doctest::Contains("bits beyond the model's 8 gates"),
+                       InputError);
   CHECK_THROWS_WITH_AS(Mask<8>::parse("12x"), doctest::Contains("'12x' is not a number"), InputError);
   CHECK_THROWS_AS(Mask<8>::parse(""), InputError);
   CHECK_THROWS_AS(Mask<8>(256), InputError);

@@ -124,7 +124,8 @@ TEST_CASE("a run stopped and resumed from its checkpoint ends bit-identical to t
   }
 }
 
-TEST_CASE("resume refuses a checkpoint of another structure, width or training options, and changes nothing") {
+TEST_CASE(
+    "resume refuses a checkpoint of another structure, width or training options, and changes nothing") {
   const Data d;
   const auto path = temp_path("mismatch");
   RunOptions run = quiet;
@@ -135,8 +136,8 @@ TEST_CASE("resume refuses a checkpoint of another structure, width or training o
 
   Trainer<F, float> other_mask(model_config, F::mask_type(0xAD), options, quiet);
   const std::vector<float> before(other_mask.params().begin(), other_mask.params().end());
-  CHECK_THROWS_WITH_AS(other_mask.resume(path), doctest::Contains("was written for mask 0xdd, this run uses 0xad"),
-                       InputError);
+  CHECK_THROWS_WITH_AS(other_mask.resume(path),
+                       doctest::Contains("was written for mask 0xdd, this run uses 0xad"), InputError);
   CHECK(std::vector<float>(other_mask.params().begin(), other_mask.params().end()) == before);
   CHECK(other_mask.step() == 0);
 

@@ -17,9 +17,9 @@ concept Block = requires(const B b) {
   { B::shards } -> std::convertible_to<int>;  // segments are runs of shards
   { B::gates } -> std::convertible_to<int>;   // the dispatch table has 2^gates entries
   { b.bits } -> std::convertible_to<std::uint64_t>;
-  { b.cuts() } -> std::same_as<std::uint64_t>;         // where the streams split
-  { b.residual() } -> std::same_as<bool>;              // false: compute nothing
-  { b.segments().size() } -> std::convertible_to<int>; // one down-projection GEMM each
+  { b.cuts() } -> std::same_as<std::uint64_t>;          // where the streams split
+  { b.residual() } -> std::same_as<bool>;               // false: compute nothing
+  { b.segments().size() } -> std::convertible_to<int>;  // one down-projection GEMM each
 };
 
 /// A compute backend: the model code is written against these primitives, so the plan of

@@ -20,8 +20,8 @@ inline constexpr int max_whole_model_gates = 10;
 
 /// Every structure of family F (only for small n).
 template <Family F>
-  requires(F::gates <= max_whole_model_gates)
-using structure_variants = std::make_index_sequence<std::size_t{1} << F::gates>;
+requires(F::gates <= max_whole_model_gates) using structure_variants =
+    std::make_index_sequence<std::size_t{1} << F::gates>;
 
 /// Calls fn.template operator()<I>() for every I of the sequence, in order.
 template <std::size_t... I, class Fn>

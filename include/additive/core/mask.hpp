@@ -27,7 +27,8 @@ class Mask {
 
   /// Precondition: no bit at or beyond N (checked; use `parse` for user input).
   constexpr explicit Mask(std::uint64_t bits) : bits_(bits) {
-    if ((bits & ~full_bits) != 0) throw InputError("mask has bits beyond its " + std::to_string(N) + " gates");
+    if ((bits & ~full_bits) != 0)
+      throw InputError("mask has bits beyond its " + std::to_string(N) + " gates");
   }
 
   static constexpr Mask all() { return Mask(full_bits); }

@@ -16,19 +16,20 @@ namespace additive {
 
 /// One named tensor inside a flat buffer.
 struct TensorSpec {
-  std::string name;                  ///< safetensors name, e.g. "blocks.0.up.weight"
-  std::vector<std::int64_t> shape;   ///< PyTorch order, row-major
-  std::size_t offset = 0;            ///< first element in the flat buffer
-  std::size_t size = 0;              ///< number of elements
-  bool decay = true;                 ///< weight decay applies (false for norms and biases)
+  std::string name;                 ///< safetensors name, e.g. "blocks.0.up.weight"
+  std::vector<std::int64_t> shape;  ///< PyTorch order, row-major
+  std::size_t offset = 0;           ///< first element in the flat buffer
+  std::size_t size = 0;             ///< number of elements
+  bool decay = true;                ///< weight decay applies (false for norms and biases)
 };
 
 /// Named tensors laid end to end. Offsets are assigned in insertion order.
 class ParamLayout {
  public:
   std::size_t add(std::string name, std::vector<std::int64_t> shape, bool decay) {
-    std::size_t n = std::accumulate(shape.begin(), shape.end(), std::size_t{1},
-                                    [](std::size_t a, std::int64_t b) { return a * static_cast<std::size_t>(b); });
+    std::size_t n =
+        std::accumulate(shape.begin(), shape.end(), std::size_t{1},
+                        [](std::size_t a, std::int64_t b) { return a * static_cast<std::size_t>(b); });
     TensorSpec t{std::move(name), std::move(shape), total_, n, decay};
     total_ += n;
     tensors_.push_back(std::move(t));

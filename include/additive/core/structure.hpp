@@ -35,7 +35,9 @@ struct SegmentList {
   [[nodiscard]] constexpr const Segment* begin() const noexcept { return items.data(); }
   [[nodiscard]] constexpr const Segment* end() const noexcept { return items.data() + count; }
   [[nodiscard]] constexpr int size() const noexcept { return count; }
-  [[nodiscard]] constexpr const Segment& operator[](int i) const noexcept { return items[static_cast<std::size_t>(i)]; }
+  [[nodiscard]] constexpr const Segment& operator[](int i) const noexcept {
+    return items[static_cast<std::size_t>(i)];
+  }
 };
 
 /// A partition of S shards into contiguous intervals is its set of cuts: bit i set means
@@ -99,7 +101,7 @@ concept Family = requires {
   { F::layout } -> std::convertible_to<GateLayout>;
   { F::gates_per_block } -> std::convertible_to<int>;
   { F::gates } -> std::convertible_to<int>;
-  requires F::gates == F::blocks * F::gates_per_block;
+  requires F::gates == F::blocks* F::gates_per_block;
   requires F::gates >= 1 && F::gates <= 63;
 };
 
@@ -152,11 +154,11 @@ struct ShardedGates {
 
 /// A mask value valid for family F, checked where a structure is named at compile time.
 template <class F, std::uint64_t Bits>
-concept MaskOf = Family<F> && ((Bits >> F::gates) == 0);
+concept MaskOf = Family<F> &&((Bits >> F::gates) == 0);
 
 /// One structure of a family as a type: everything about it is a constant expression.
 template <Family F, std::uint64_t Bits>
-  requires MaskOf<F, Bits>
+requires MaskOf<F, Bits>
 struct Structure {
   using family = F;
   using mask_type = Mask<F::gates>;

@@ -28,16 +28,20 @@ struct MatView {
 
   /// A view of const elements converts from a view of mutable ones.
   template <class U>
-    requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>)
-  constexpr MatView(MatView<U> other) : MatView(other.data, other.rows, other.cols, other.ld) {}
+  requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>) constexpr MatView(MatView<U> other)
+      : MatView(other.data, other.rows, other.cols, other.ld) {}
 
   [[nodiscard]] constexpr T& operator()(Index r, Index c) const noexcept { return data[r + c * ld]; }
   [[nodiscard]] constexpr MatView block(Index r0, Index c0, Index nr, Index nc) const noexcept {
     assert(r0 >= 0 && c0 >= 0 && r0 + nr <= rows && c0 + nc <= cols);
     return MatView(data + r0 + c0 * ld, nr, nc, ld);
   }
-  [[nodiscard]] constexpr MatView rows_range(Index r0, Index nr) const noexcept { return block(r0, 0, nr, cols); }
-  [[nodiscard]] constexpr MatView cols_range(Index c0, Index nc) const noexcept { return block(0, c0, rows, nc); }
+  [[nodiscard]] constexpr MatView rows_range(Index r0, Index nr) const noexcept {
+    return block(r0, 0, nr, cols);
+  }
+  [[nodiscard]] constexpr MatView cols_range(Index c0, Index nc) const noexcept {
+    return block(0, c0, rows, nc);
+  }
   [[nodiscard]] constexpr bool contiguous() const noexcept { return ld == rows || cols <= 1; }
 };
 

@@ -51,28 +51,29 @@ class MlpModel {
   /// Compile-time structure. x: (in_dim, batch); labels: (batch). Returns the mean loss
   /// and keeps what backward() needs.
   template <class St>
-    requires std::same_as<typename St::family, F>
-  T forward(std::span<const T> params, MatView<const T> x, std::span<const std::int32_t> labels) {
-    return run_forward(St::mask, params, x, labels, [this]<std::size_t... l>(const Views& p, std::index_sequence<l...>) {
-      (this->template block_forward<F::block(St::mask, static_cast<int>(l)).bits>(p, static_cast<int>(l)), ...);
-    });
+  requires std::same_as<typename St::family, F> T forward(std::span<const T> params, MatView<const T> x,
+                                                          std::span<const std::int32_t> labels) {
+    return run_forward(
+        St::mask, params, x, labels, [this]<std::size_t... l>(const Views& p, std::index_sequence<l...>) {
+          (this->template block_forward<F::block(St::mask, static_cast<int>(l)).bits>(p, static_cast<int>(l)),
+           ...);
+        });
   }
 
   /// Run-time structure through the per-block tables (2^k entries per block).
-  T forward(mask_type m, std::span<const T> params, MatView<const T> x, std::span<const std::int32_t> labels) {
-    return run_forward(m, params, x, labels, [this, m]<std::size_t... l>(const Views& p, std::index_sequence<l...>) {
-      ((this->*forward_table_()[F::block(m, static_cast<int>(l)).bits])(p, static_cast<int>(l)), ...);
-    });
+  T forward(mask_type m, std::span<const T> params, MatView<const T> x,
+            std::span<const std::int32_t> labels) {
+    return run_forward(
+        m, params, x, labels, [ this, m ]<std::size_t... l>(const Views& p, std::index_sequence<l...>) {
+          ((this->*forward_table_()[F::block(m, static_cast<int>(l)).bits])(p, static_cast<int>(l)), ...);
+        });
   }
 
   /// Run-time structure through the whole-model table (2^n entries; small n only).
   T forward_whole_model(mask_type m, std::span<const T> params, MatView<const T> x,
-                        std::span<const std::int32_t> labels)
-    requires(F::gates <= max_whole_model_gates)
-  {
-    static constexpr auto table = make_table(structure_variants<F>{}, []<std::size_t B>() {
-      return &MlpModel::forward<Structure<F, B>>;
-    });
+                        std::span<const std::int32_t> labels) requires(F::gates <= max_whole_model_gates) {
+    static constexpr auto table = make_table(
+        structure_variants<F>{}, []<std::size_t B>() { return &MlpModel::forward<Structure<F, B>>; });
     return (this->*table[m.bits()])(params, x, labels);
   }
 
@@ -98,15 +99,13 @@ class MlpModel {
   // Per-block tables, one entry per gate pattern of a block (2^k). Built where the class
   // is complete; constant-initialised, so there is no run-time set-up.
   static const auto& forward_table_() {
-    static constexpr auto table = make_table(block_variants<F>{}, []<std::size_t B>() -> BlockForward {
-      return &MlpModel::block_forward<B>;
-    });
+    static constexpr auto table = make_table(
+        block_variants<F>{}, []<std::size_t B>() -> BlockForward { return &MlpModel::block_forward<B>; });
     return table;
   }
   static const auto& backward_table_() {
-    static constexpr auto table = make_table(block_variants<F>{}, []<std::size_t B>() -> BlockBackward {
-      return &MlpModel::block_backward<B>;
-    });
+    static constexpr auto table = make_table(
+        block_variants<F>{}, []<std::size_t B>() -> BlockBackward { return &MlpModel::block_backward<B>; });
     return table;
   }
 
@@ -119,8 +118,8 @@ class MlpModel {
   }
 
   template <class Blocks>
-  T run_forward(mask_type m, std::span<const T> params, MatView<const T> x, std::span<const std::int32_t> labels,
-                Blocks&& blocks) {
+  T run_forward(mask_type m, std::span<const T> params, MatView<const T> x,
+                std::span<const std::int32_t> labels, Blocks&& blocks) {
     check_size(params.size(), "parameter");
     if (x.rows != config_.in_dim)
       throw InputError("input has " + std::to_string(x.rows) + " features, the model expects " +
@@ -185,8 +184,8 @@ class MlpModel {
       constexpr auto segments = gates.segments();
       for (const Segment g : segments) {
         auto z = view(z_);  // (d, batch)
-        backend_.gemm_tn(z, bp.down_t.rows_range(g.first * hs, g.size * hs), hb.rows_range(g.first * hs, g.size * hs),
-                         T(S) / T(g.size), T(0));
+        backend_.gemm_tn(z, bp.down_t.rows_range(g.first * hs, g.size * hs),
+                         hb.rows_range(g.first * hs, g.size * hs), T(S) / T(g.size), T(0));
         // Output streams: the pieces of the segment cut by the input streams.
         for (const Segment s : inputs) {
           const int first = std::max(s.first, g.first);
@@ -230,10 +229,10 @@ class MlpModel {
           }
         const T scale = T(S) / T(seg.size);
         backend_.add_row_sums(dz, gp.down_b);
-        backend_.gemm_nt(gp.down_t.rows_range(seg.first * hs, seg.size * hs), hb.rows_range(seg.first * hs, seg.size * hs),
-                         dz, scale, T(1));
-        backend_.gemm_nn(dh.rows_range(seg.first * hs, seg.size * hs), bp.down_t.rows_range(seg.first * hs, seg.size * hs),
-                         dz, scale, T(0));
+        backend_.gemm_nt(gp.down_t.rows_range(seg.first * hs, seg.size * hs),
+                         hb.rows_range(seg.first * hs, seg.size * hs), dz, scale, T(1));
+        backend_.gemm_nn(dh.rows_range(seg.first * hs, seg.size * hs),
+                         bp.down_t.rows_range(seg.first * hs, seg.size * hs), dz, scale, T(0));
       }
       backend_.gelu_backward(view(u_[idx(l)]), dh, dh);  // dh now holds dU
       backend_.add_row_sums(dh, gp.up_b);
@@ -244,7 +243,8 @@ class MlpModel {
         backend_.gemm_nt(gp.up_t.cols_range(s.first * hs, s.size * hs), xn, du, T(1), T(1));
         backend_.gemm_nn(dxn, bp.up_t.cols_range(s.first * hs, s.size * hs), du, T(1), T(0));
         backend_.layernorm_backward(stream(l, s.first), bp.norm_w, mean_[slot(l, s.first)].data(),
-                                    rstd_[slot(l, s.first)].data(), dxn, dstream(l, s.first), gp.norm_w, gp.norm_b);
+                                    rstd_[slot(l, s.first)].data(), dxn, dstream(l, s.first), gp.norm_w,
+                                    gp.norm_b);
       }
     }
   }
@@ -276,7 +276,9 @@ class MlpModel {
   static constexpr std::size_t idx(int i) noexcept { return static_cast<std::size_t>(i); }
   static constexpr std::size_t slot(int level, int shard) noexcept { return idx(level * S + shard); }
   static MatView<T> view(EigenMat<T>& m) { return MatView<T>(m.data(), m.rows(), m.cols()); }
-  static MatView<const T> view(const EigenMat<T>& m) { return MatView<const T>(m.data(), m.rows(), m.cols()); }
+  static MatView<const T> view(const EigenMat<T>& m) {
+    return MatView<const T>(m.data(), m.rows(), m.cols());
+  }
 
   /// Stream starting at `shard` entering block `level` (level L: after the last block).
   /// Skipped blocks alias the buffers of the level before them.
@@ -287,8 +289,12 @@ class MlpModel {
     if (batch == batch_) return;
     const auto d = config_.d;
     const auto h = config_.h;
-    auto mats = [](std::size_t n, Index rows, Index cols) { return std::vector<EigenMat<T>>(n, EigenMat<T>(rows, cols)); };
-    auto vecs = [](std::size_t n, Index len) { return std::vector<std::vector<T>>(n, std::vector<T>(idx(int(len)))); };
+    auto mats = [](std::size_t n, Index rows, Index cols) {
+      return std::vector<EigenMat<T>>(n, EigenMat<T>(rows, cols));
+    };
+    auto vecs = [](std::size_t n, Index len) {
+      return std::vector<std::vector<T>>(n, std::vector<T>(idx(int(len))));
+    };
     streams_ = mats(slot(L + 1, 0), d, batch);
     dstreams_ = mats(slot(L + 1, 0), d, batch);
     xn_ = mats(slot(L, 0), d, batch);

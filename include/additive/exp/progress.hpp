@@ -3,14 +3,13 @@
 // so logs stay readable.
 #pragma once
 
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <string>
-
-#include <fmt/format.h>
 
 namespace additive {
 
@@ -19,7 +18,8 @@ class ProgressBar {
   using Clock = std::chrono::steady_clock;
 
   /// total: units of work (batches); unit: what a unit is called in the rate ("samples").
-  ProgressBar(std::string label, std::int64_t total, double units_per_step, std::string unit, std::FILE* out = stderr)
+  ProgressBar(std::string label, std::int64_t total, double units_per_step, std::string unit,
+              std::FILE* out = stderr)
       : label_(std::move(label)),
         total_(total),
         units_per_step_(units_per_step),
@@ -43,12 +43,14 @@ class ProgressBar {
     last_draw_ = now;
     const double elapsed = std::chrono::duration<double>(now - start_).count();
     const double rate = elapsed > 0 ? static_cast<double>(done) * units_per_step_ / elapsed : 0.0;
-    const double eta = done > 0 ? elapsed * static_cast<double>(total_ - done) / static_cast<double>(done) : 0.0;
+    const double eta =
+        done > 0 ? elapsed * static_cast<double>(total_ - done) / static_cast<double>(done) : 0.0;
     constexpr int width = 24;
     const auto filled = total_ > 0 ? static_cast<int>(width * done / total_) : width;
-    const std::string bar = std::string(static_cast<std::size_t>(filled), '#') + std::string(static_cast<std::size_t>(width - filled), '.');
-    const std::string line = fmt::format("{} [{}] {}/{} {:.0f} {}/s ETA {} {}", label_, bar, done, total_, rate, unit_,
-                                         format_duration(eta), info);
+    const std::string bar = std::string(static_cast<std::size_t>(filled), '#') +
+                            std::string(static_cast<std::size_t>(width - filled), '.');
+    const std::string line = fmt::format("{} [{}] {}/{} {:.0f} {}/s ETA {} {}", label_, bar, done, total_,
+                                         rate, unit_, format_duration(eta), info);
     if (tty_)
       std::fprintf(out_, "\r%s\033[K%s", line.c_str(), last ? "\n" : "");
     else
@@ -56,11 +58,14 @@ class ProgressBar {
     std::fflush(out_);
   }
 
-  [[nodiscard]] double elapsed_seconds() const { return std::chrono::duration<double>(Clock::now() - start_).count(); }
+  [[nodiscard]] double elapsed_seconds() const {
+    return std::chrono::duration<double>(Clock::now() - start_).count();
+  }
 
   static std::string format_duration(double seconds) {
     const auto s = static_cast<std::int64_t>(seconds + 0.5);
-    return s >= 3600 ? fmt::format("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60) : fmt::format("{}:{:02}", s / 60, s % 60);
+    return s >= 3600 ? fmt::format("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+                     : fmt::format("{}:{:02}", s / 60, s % 60);
   }
 
  private:

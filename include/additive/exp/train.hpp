@@ -7,6 +7,8 @@
 // (saved in the checkpoint with the RNG), so nothing has to be replayed on resume.
 #pragma once
 
+#include <fmt/format.h>
+
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -17,7 +19,6 @@
 #include <variant>
 #include <vector>
 
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "additive/core/error.hpp"
@@ -41,17 +42,18 @@ struct TrainOptions {
   std::string optimizer = "adamw";  ///< "adamw" or "sgd"
   double lr = 1e-3;
   double min_lr = 0.0;
-  double warmup = 0.05;             ///< fraction of all steps spent warming up
+  double warmup = 0.05;  ///< fraction of all steps spent warming up
   double weight_decay = 0.01;
-  double momentum = 0.9;            ///< SGD only
-  bool nesterov = false;            ///< SGD only
+  double momentum = 0.9;  ///< SGD only
+  bool nesterov = false;  ///< SGD only
   std::uint64_t seed = 0;
 
   void validate() const {
     auto bad = [](const std::string& what) { throw InputError("training options: " + what); };
     if (epochs < 1) bad("epochs must be >= 1, got " + std::to_string(epochs));
     if (batch < 1) bad("batch must be >= 1, got " + std::to_string(batch));
-    if (optimizer != "adamw" && optimizer != "sgd") bad("optimizer must be 'adamw' or 'sgd', got '" + optimizer + "'");
+    if (optimizer != "adamw" && optimizer != "sgd")
+      bad("optimizer must be 'adamw' or 'sgd', got '" + optimizer + "'");
     if (!(lr > 0) || !std::isfinite(lr)) bad("lr must be a positive number");
     if (!(min_lr >= 0) || min_lr > lr) bad("min_lr must be in [0, lr]");
     if (!(warmup >= 0 && warmup <= 1)) bad("warmup must be a fraction in [0, 1]");
@@ -61,9 +63,15 @@ struct TrainOptions {
 };
 
 inline void to_json(nlohmann::json& j, const TrainOptions& o) {
-  j = nlohmann::json{{"epochs", o.epochs}, {"batch", o.batch},     {"optimizer", o.optimizer},
-                     {"lr", o.lr},         {"min_lr", o.min_lr},   {"warmup", o.warmup},
-                     {"weight_decay", o.weight_decay}, {"momentum", o.momentum}, {"nesterov", o.nesterov},
+  j = nlohmann::json{{"epochs", o.epochs},
+                     {"batch", o.batch},
+                     {"optimizer", o.optimizer},
+                     {"lr", o.lr},
+                     {"min_lr", o.min_lr},
+                     {"warmup", o.warmup},
+                     {"weight_decay", o.weight_decay},
+                     {"momentum", o.momentum},
+                     {"nesterov", o.nesterov},
                      {"seed", o.seed}};
 }
 
@@ -71,10 +79,10 @@ inline void to_json(nlohmann::json& j, const TrainOptions& o) {
 struct RunOptions {
   int threads = 1;
   std::int64_t eval_batch = 1000;
-  std::filesystem::path checkpoint{};     ///< written atomically after every epoch (empty: never)
-  std::int64_t checkpoint_every = 0;      ///< also every this many steps (0: only per epoch)
-  std::int64_t stop_after_steps = -1;     ///< stop early once this many steps are done (>= 0), as if interrupted
-  bool progress = true;                   ///< progress bar on stderr
+  std::filesystem::path checkpoint{};  ///< written atomically after every epoch (empty: never)
+  std::int64_t checkpoint_every = 0;   ///< also every this many steps (0: only per epoch)
+  std::int64_t stop_after_steps = -1;  ///< stop early once this many steps are done (>= 0), as if interrupted
+  bool progress = true;                ///< progress bar on stderr
 };
 
 struct EvalResult {
@@ -103,7 +111,8 @@ class Trainer {
  public:
   using mask_type = typename F::mask_type;
 
-  Trainer(const MlpConfig& model_config, mask_type mask, const TrainOptions& train, const RunOptions& run = {})
+  Trainer(const MlpConfig& model_config, mask_type mask, const TrainOptions& train,
+          const RunOptions& run = {})
       : model_config_(model_config),
         mask_(mask),
         train_(train),
@@ -127,12 +136,13 @@ class Trainer {
                   const std::function<void(const EpochRecord&)>& on_epoch = {}) {
     if (train.size() < 1) throw InputError("training set is empty");
     if (train.input_dim() != model_config_.in_dim)
-      throw InputError(fmt::format("training data has {} features per sample, the model expects {}", train.input_dim(),
-                                   model_config_.in_dim));
+      throw InputError(fmt::format("training data has {} features per sample, the model expects {}",
+                                   train.input_dim(), model_config_.in_dim));
     const std::int64_t per_epoch = (train.size() + train_.batch - 1) / train_.batch;
     per_epoch_ = per_epoch;
     const std::int64_t total = per_epoch * train_.epochs;
-    const WarmupCosine schedule{train_.lr, static_cast<std::int64_t>(std::floor(train_.warmup * double(total))), total,
+    const WarmupCosine schedule{train_.lr,
+                                static_cast<std::int64_t>(std::floor(train_.warmup * double(total))), total,
                                 train_.min_lr};
     TrainResult result;
     Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> x;  // (in_dim, batch)
@@ -147,17 +157,19 @@ class Trainer {
         epoch_loss_sum_ = 0;
       }
       const Batcher<DatasetView> batches(train, train_.batch, epoch_seed_, epoch);
-      ProgressBar bar(fmt::format("epoch {}/{}", epoch + 1, train_.epochs), per_epoch, double(train_.batch), "samples",
-                      run_.progress ? stderr : nullptr);
+      ProgressBar bar(fmt::format("epoch {}/{}", epoch + 1, train_.epochs), per_epoch, double(train_.batch),
+                      "samples", run_.progress ? stderr : nullptr);
       const auto t0 = ProgressBar::Clock::now();
       for (std::int64_t b = step_ % per_epoch; b < per_epoch; ++b) {
         batches.batch(b, x, y);
         const MatView<const T> xv(x.data(), x.rows(), x.cols());
         const T loss = model_.forward(mask_, params_, xv, y);
         if (!std::isfinite(static_cast<double>(loss)))
-          throw InputError(fmt::format("training diverged: loss is {} at step {} (lower --lr?)", double(loss), step_));
+          throw InputError(
+              fmt::format("training diverged: loss is {} at step {} (lower --lr?)", double(loss), step_));
         model_.backward(params_, grads_);
-        std::visit([&](auto& opt) { opt.step(params_, grads_, static_cast<T>(schedule.lr(step_))); }, optimizer_);
+        std::visit([&](auto& opt) { opt.step(params_, grads_, static_cast<T>(schedule.lr(step_))); },
+                   optimizer_);
         epoch_loss_sum_ += double(loss);
         trained_samples += x.cols();
         ++step_;
@@ -240,17 +252,19 @@ class Trainer {
     const auto& meta = state.metadata;
     auto need = [&](const char* key) -> const std::string& {
       const auto it = meta.find(key);
-      if (it == meta.end()) throw InputError("checkpoint '" + path.string() + "': missing metadata '" + key + "'");
+      if (it == meta.end())
+        throw InputError("checkpoint '" + path.string() + "': missing metadata '" + key + "'");
       return it->second;
     };
     auto mismatch = [&](const std::string& what, const std::string& file, const std::string& now) {
-      throw InputError("checkpoint '" + path.string() + "' was written for " + what + " " + file + ", this run uses " +
-                       now);
+      throw InputError("checkpoint '" + path.string() + "' was written for " + what + " " + file +
+                       ", this run uses " + now);
     };
     const auto expected = metadata();
     for (const char* key : {"family", "model", "mask"})
       if (need(key) != expected.at(key)) mismatch(key, need(key), expected.at(key));
-    if (need("train") != expected.at("train")) mismatch("training options", need("train"), expected.at("train"));
+    if (need("train") != expected.at("train"))
+      mismatch("training options", need("train"), expected.at("train"));
     const auto parse_u64 = [&](const char* key) {
       try {
         return static_cast<std::uint64_t>(std::stoull(need(key)));
@@ -275,14 +289,15 @@ class Trainer {
   }
 
  private:
-  static constexpr std::uint64_t kInitDomain = 0x696E6974ULL;      // "init"
-  static constexpr std::uint64_t kTrainDomain = 0x747261696EULL;   // "train"
+  static constexpr std::uint64_t kInitDomain = 0x696E6974ULL;     // "init"
+  static constexpr std::uint64_t kTrainDomain = 0x747261696EULL;  // "train"
 
   using AnyOptimizer = std::variant<AdamW<T>, Sgd<T>>;
 
   static AnyOptimizer make_optimizer(const ParamLayout& layout, const TrainOptions& o) {
     if (o.optimizer == "sgd")
-      return Sgd<T>(layout, SgdConfig{.momentum = o.momentum, .nesterov = o.nesterov, .weight_decay = o.weight_decay});
+      return Sgd<T>(
+          layout, SgdConfig{.momentum = o.momentum, .nesterov = o.nesterov, .weight_decay = o.weight_decay});
     return AdamW<T>(layout, AdamWConfig{.weight_decay = o.weight_decay});
   }
 

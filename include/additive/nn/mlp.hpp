@@ -37,8 +37,7 @@ struct MlpConfig {
 
   void validate(int shards) const {
     auto bad = [](const std::string& what) { throw InputError("model config: " + what); };
-    if (in_dim < 1 || d < 1 || h < 1 || classes < 2)
-      bad("in_dim, d and h must be >= 1 and classes >= 2");
+    if (in_dim < 1 || d < 1 || h < 1 || classes < 2) bad("in_dim, d and h must be >= 1 and classes >= 2");
     if (h % shards != 0)
       bad("h = " + std::to_string(h) + " does not split into " + std::to_string(shards) + " equal shards");
     if (!(norm_eps > 0)) bad("norm_eps must be > 0");
@@ -48,7 +47,8 @@ struct MlpConfig {
 };
 
 inline void to_json(nlohmann::json& j, const MlpConfig& c) {
-  j = nlohmann::json{{"in_dim", c.in_dim}, {"d", c.d}, {"h", c.h}, {"classes", c.classes}, {"norm_eps", c.norm_eps}};
+  j = nlohmann::json{
+      {"in_dim", c.in_dim}, {"d", c.d}, {"h", c.h}, {"classes", c.classes}, {"norm_eps", c.norm_eps}};
 }
 inline void from_json(const nlohmann::json& j, MlpConfig& c) {
   j.at("in_dim").get_to(c.in_dim);
@@ -83,30 +83,30 @@ inline ParamLayout mlp_layout(const MlpConfig& c, int blocks) {
 /// their transposes, so shard slices are column ranges of up_t and row ranges of down_t.
 template <class T>
 struct MlpBlockViews {
-  T* norm_w;            // (d)
-  T* norm_b;            // (d)
-  MatView<T> up_t;      // A^T: (d, h), shard j = columns [j*hs, (j+1)*hs)
-  T* up_b;              // a: (h)
-  MatView<T> down_t;    // B^T: (h, d), shard j = rows [j*hs, (j+1)*hs)
-  T* down_b;            // b: (d)
+  T* norm_w;          // (d)
+  T* norm_b;          // (d)
+  MatView<T> up_t;    // A^T: (d, h), shard j = columns [j*hs, (j+1)*hs)
+  T* up_b;            // a: (h)
+  MatView<T> down_t;  // B^T: (h, d), shard j = rows [j*hs, (j+1)*hs)
+  T* down_b;          // b: (d)
 };
 
 /// Views of every tensor of an MLP model inside a flat buffer (parameters or gradients).
 template <class T>
 struct MlpParamViews {
-  MatView<T> embed_t;   // W_in^T: (in_dim, d)
-  T* embed_b;           // (d)
+  MatView<T> embed_t;  // W_in^T: (in_dim, d)
+  T* embed_b;          // (d)
   std::vector<MlpBlockViews<T>> blocks;
-  T* final_w;           // (d)
-  T* final_b;           // (d)
-  MatView<T> head_t;    // W_out^T: (d, classes)
-  T* head_b;            // (classes)
+  T* final_w;         // (d)
+  T* final_b;         // (d)
+  MatView<T> head_t;  // W_out^T: (d, classes)
+  T* head_b;          // (classes)
 
   MlpParamViews(const MlpConfig& c, int nblocks, std::span<T> flat) {
     const auto need = mlp_layout(c, nblocks).total();
     if (flat.size() != need)
-      throw RuntimeError("MLP parameter buffer has " + std::to_string(flat.size()) + " elements, layout needs " +
-                         std::to_string(need));
+      throw RuntimeError("MLP parameter buffer has " + std::to_string(flat.size()) +
+                         " elements, layout needs " + std::to_string(need));
     T* p = flat.data();
     auto take = [&p](Index n) {
       T* q = p;
@@ -162,7 +162,8 @@ class NormalStream {
 template <class T>
 void init_mlp_params(const MlpConfig& c, int nblocks, std::uint64_t seed, std::span<T> flat) {
   const ParamLayout layout = mlp_layout(c, nblocks);
-  if (flat.size() != layout.total()) throw RuntimeError("init_mlp_params: buffer size does not match the layout");
+  if (flat.size() != layout.total())
+    throw RuntimeError("init_mlp_params: buffer size does not match the layout");
   NormalStream normal(seed);
   for (const auto& t : layout.tensors()) {
     T* p = flat.data() + t.offset;

@@ -33,7 +33,8 @@ Columns<T> layernorm(const Columns<T>& x, Index rows, Index batch, const T* w, c
     for (Index i = 0; i < rows; ++i) var += (xc[i] - mean) * (xc[i] - mean);
     var /= T(rows);
     const T rstd = T(1) / sqrt(var + T(eps));
-    for (Index i = 0; i < rows; ++i) y[static_cast<std::size_t>(j * rows + i)] = (xc[i] - mean) * rstd * w[i] + b[i];
+    for (Index i = 0; i < rows; ++i)
+      y[static_cast<std::size_t>(j * rows + i)] = (xc[i] - mean) * rstd * w[i] + b[i];
   }
   return y;
 }
@@ -49,15 +50,16 @@ T gelu(T u) {
 
 /// Logits (classes, batch), column-major, of structure m. x: (in_dim, batch) column-major.
 template <Family F, class T>
-std::vector<T> logits(const MlpConfig& c, typename F::mask_type m, std::span<const T> params, std::span<const T> x,
-                      Index batch) {
+std::vector<T> logits(const MlpConfig& c, typename F::mask_type m, std::span<const T> params,
+                      std::span<const T> x, Index batch) {
   using detail::Columns;
   constexpr int S = F::shards;
   const MlpParamViews<const T> p(c, F::blocks, params);
   const Index d = c.d;
   const Index hs = c.h / S;
   const auto at = [](Index i) { return static_cast<std::size_t>(i); };
-  if (static_cast<Index>(x.size()) != c.in_dim * batch) throw InputError("reference: input size does not match");
+  if (static_cast<Index>(x.size()) != c.in_dim * batch)
+    throw InputError("reference: input size does not match");
 
   // stream_of[j]: the stream shard j reads, as (d, batch) columns. Initially one stream.
   Columns<T> embedded(at(d * batch));
