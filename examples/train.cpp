@@ -4,6 +4,8 @@
 #include <fmt/format.h>
 
 #include <cstdio>
+#include <filesystem>
+#include <limits>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -13,6 +15,37 @@
 namespace {
 
 using Family = additive::MlpFamily<4, 2>;
+
+/// A numeric flag in [lo, hi], with a one-line message that says so (CLI11's own range
+/// checks print the full range of the type).
+template <class T>
+CLI::Validator within(T lo, T hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& text) -> std::string {
+        T value{};
+        if (!CLI::detail::lexical_cast(text, value)) return fmt::format("'{}' is not a number", text);
+        if (!(value >= lo && value <= hi)) return fmt::format("{} is outside [{}, {}]", text, lo, hi);
+        return {};
+      },
+      fmt::format("in [{}, {}]", lo, hi));
+}
+
+/// A path we will write: its directory must exist now, not only when the first write fails.
+CLI::Validator writable_path() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        const std::filesystem::path p(text);
+        const auto dir = p.has_parent_path() ? p.parent_path() : std::filesystem::path(".");
+        std::error_code ec;
+        if (!std::filesystem::is_directory(dir, ec))
+          return fmt::format("directory '{}' does not exist", dir.string());
+        if (std::filesystem::is_directory(p, ec)) return fmt::format("'{}' is a directory", text);
+        return {};
+      },
+      "PATH");
+}
+
+constexpr std::int64_t big = std::int64_t{1} << 40;
 
 struct Flags {
   std::string mask = "0xff";
@@ -28,6 +61,7 @@ struct Flags {
   std::string resume;
   std::string json;
   std::int64_t stop_after = -1;
+  std::int64_t seed = 0;
   bool quiet = false;
 };
 
@@ -107,49 +141,69 @@ int main(int argc, char** argv) {
   Flags f;
   additive::TrainOptions train{.epochs = 3, .batch = 128, .lr = 1e-3};
   app.add_option("--mask", f.mask,
-                 "structure: 8 gate bits as decimal, 0x.. or 0b.. (bit 4l+i<3: merge gate i of block l; bit "
-                 "4l+3: its residual)")
+                 "structure: 8 gate bits as decimal, 0x.. or 0b.. (bit 4l+i<3: merge gate i of block l; "
+                 "bit 4l+3: its residual)")
       ->capture_default_str();
   app.add_option("--epochs", train.epochs, "training epochs")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(within<std::int64_t>(1, 1000000));
   app.add_option("--lr", train.lr, "peak learning rate (warmup, then cosine to --min-lr)")
-      ->capture_default_str();
-  app.add_option("--min-lr", train.min_lr, "final learning rate")->capture_default_str();
-  app.add_option("--warmup", train.warmup, "fraction of steps spent warming up")->capture_default_str();
-  app.add_option("--batch", train.batch, "batch size")->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()
+      ->check(within(1e-12, 1e3));
+  app.add_option("--min-lr", train.min_lr, "final learning rate")
+      ->capture_default_str()
+      ->check(within(0.0, 1e3));
+  app.add_option("--warmup", train.warmup, "fraction of steps spent warming up")
+      ->capture_default_str()
+      ->check(within(0.0, 1.0));
+  app.add_option("--batch", train.batch, "batch size")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(1, 1000000));
   app.add_option("--optimizer", train.optimizer, "adamw or sgd")
       ->capture_default_str()
       ->check(CLI::IsMember({"adamw", "sgd"}));
   app.add_option("--weight-decay", train.weight_decay, "decoupled weight decay (never on norms and biases)")
-      ->capture_default_str();
-  app.add_option("--momentum", train.momentum, "SGD momentum")->capture_default_str();
+      ->capture_default_str()
+      ->check(within(0.0, 10.0));
+  app.add_option("--momentum", train.momentum, "SGD momentum")
+      ->capture_default_str()
+      ->check(within(0.0, 0.999999));
   app.add_flag("--nesterov", train.nesterov, "SGD with Nesterov momentum");
-  app.add_option("--seed", train.seed, "seed of the initial weights, the validation split and the data order")
-      ->capture_default_str();
+  app.add_option("--seed", f.seed, "seed of the initial weights, the validation split and the data order")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(0, std::numeric_limits<std::int64_t>::max()));
   app.add_option("--threads", f.threads, "CPU threads (results do not depend on it)")
       ->capture_default_str()
-      ->check(CLI::Range(1, 1024));
+      ->check(within(1, 1024));
   app.add_option("--data", f.data,
                  "directory of IDX files ({train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz])")
       ->capture_default_str();
-  app.add_option("--val", f.val, "validation samples carved from the training set")->capture_default_str();
-  app.add_option("--limit", f.limit, "use only the first N training samples (0: all)")->capture_default_str();
-  app.add_option("--d", f.d, "model width")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--h", f.h, "hidden width (a multiple of 4)")
+  app.add_option("--val", f.val, "validation samples carved from the training set")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(within<std::int64_t>(0, big));
+  app.add_option("--limit", f.limit, "use only the first N training samples (0: all)")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(0, big));
+  app.add_option("--d", f.d, "model width")->capture_default_str()->check(within<std::int64_t>(1, 65536));
+  app.add_option("--h", f.h, "hidden width, a multiple of the 4 shards")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(4, 1 << 20))
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            return std::stoll(text) % Family::shards == 0 ? "" : text + " is not a multiple of the 4 shards";
+          },
+          "multiple of 4"));
   app.add_option("--dtype", f.dtype, "float or double")
       ->capture_default_str()
       ->check(CLI::IsMember({"float", "double"}));
-  app.add_option("--checkpoint", f.checkpoint,
-                 "write the training state here (atomically) after every epoch");
+  app.add_option("--checkpoint", f.checkpoint, "write the training state here (atomically) after every epoch")
+      ->check(writable_path());
   app.add_option("--checkpoint-every", f.checkpoint_every, "also every N steps")
-      ->check(CLI::NonNegativeNumber);
+      ->check(within<std::int64_t>(0, big));
   app.add_option("--resume", f.resume, "continue from a checkpoint written with the same options");
   app.add_option("--stop-after", f.stop_after, "stop after this many steps in total, as if interrupted")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--json", f.json, "write the results as JSON here");
+      ->check(within<std::int64_t>(0, big));
+  app.add_option("--json", f.json, "write the results as JSON here")->check(writable_path());
   app.add_flag("--quiet", f.quiet, "no progress bar");
   try {
     app.parse(argc, argv);
@@ -160,6 +214,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
+    train.seed = static_cast<std::uint64_t>(f.seed);
     return f.dtype == "double" ? run<double>(f, train) : run<float>(f, train);
   } catch (const additive::InputError& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

@@ -139,6 +139,8 @@ class Trainer {
       throw InputError(fmt::format("training data has {} features per sample, the model expects {}",
                                    train.input_dim(), model_config_.in_dim));
     const std::int64_t per_epoch = (train.size() + train_.batch - 1) / train_.batch;
+    if (per_epoch > (std::int64_t{1} << 53) / train_.epochs)
+      throw InputError(fmt::format("{} epochs of {} steps is too many steps", train_.epochs, per_epoch));
     per_epoch_ = per_epoch;
     const std::int64_t total = per_epoch * train_.epochs;
     const WarmupCosine schedule{train_.lr,
