@@ -65,3 +65,8 @@ TEST_CASE("property 4: gradients of every parameter, every structure, merge-only
   check_every_structure<MlpFamily<3, 3, GateLayout::merge_only>>({.in_dim = 3, .d = 4, .h = 6, .classes = 3},
                                                                  41);
 }
+
+TEST_CASE("property 4: gradients of every structure of the family without a final norm (n = 6)") {
+  check_every_structure<MlpFamily<3, 3, GateLayout::merge_only, FinalNorm::none>>(
+      {.in_dim = 3, .d = 4, .h = 6, .classes = 3}, 51);
+}

@@ -230,3 +230,24 @@ TEST_CASE("property 6: a skipped branch computes nothing and its parameters get 
     }
   }
 }
+
+TEST_CASE("without a final per-stream norm the last block's merge gates cancel out, as DESIGN warns") {
+  using Degenerate = MlpFamily<4, 2, GateLayout::merge_only, FinalNorm::none>;  // n = 6
+  Fixture<Degenerate> fx(small4, 13);
+  std::map<std::uint64_t, std::vector<double>> by_first_block;
+  std::size_t distinct_pairs = 0;
+  for (std::uint64_t b = 0; b < Degenerate::mask_type::count; ++b) {
+    const auto m = Degenerate::mask_type(b);
+    const auto out = fx.logits(m);
+    // The reference path agrees with the fast path here too.
+    const auto ref = reference::logits<Degenerate, double>(fx.config, m, fx.params, fx.x, batch);
+    CHECK(max_abs_diff<double>(out, ref) < 1e-12);
+    auto [it, fresh] = by_first_block.emplace(b & 0x7, out);           // block 0's three merge gates
+    if (!fresh) CHECK(max_abs_diff<double>(out, it->second) < 1e-12);  // block 1's gates do nothing
+  }
+  REQUIRE(by_first_block.size() == 8);
+  for (auto a = by_first_block.begin(); a != by_first_block.end(); ++a)
+    for (auto c = std::next(a); c != by_first_block.end(); ++c)
+      distinct_pairs += max_abs_diff<double>(a->second, c->second) > 1e-6 ? 1 : 0;
+  CHECK(distinct_pairs == 8 * 7 / 2);  // block 0's gates still matter
+}

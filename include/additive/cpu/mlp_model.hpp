@@ -148,9 +148,11 @@ class MlpModel {
     const auto finals = intervals_from_cuts<S>(cuts_[L]);
     bool first = true;
     for (const Segment s : finals) {
-      auto yn = view(final_xn_[idx(s.first)]);
-      backend_.layernorm(stream(L, s.first), p.final_w, p.final_b, yn, final_mean_[idx(s.first)].data(),
-                         final_rstd_[idx(s.first)].data(), T(config_.norm_eps));
+      const auto yn = final_input(s.first);
+      if constexpr (F::final_norm == FinalNorm::per_stream)
+        backend_.layernorm(stream(L, s.first), p.final_w, p.final_b, final_input(s.first),
+                           final_mean_[idx(s.first)].data(), final_rstd_[idx(s.first)].data(),
+                           T(config_.norm_eps));
       backend_.gemm_tn(view(logits_), p.head_t, yn, T(s.size) / T(S), first ? T(0) : T(1));
       first = false;
     }
@@ -254,14 +256,17 @@ class MlpModel {
     backend_.add_row_sums(dlogits, g.head_b);
     for (const Segment s : intervals_from_cuts<S>(cuts_[L])) {
       const T weight = T(s.size) / T(S);
-      auto yn = view(final_xn_[idx(s.first)]);
-      auto dyn = view(dxn_);  // (d, batch)
-      backend_.gemm_nt(g.head_t, yn, dlogits, weight, T(1));
-      backend_.gemm_nn(dyn, p.head_t, dlogits, weight, T(0));
-      auto dy = dstream(L, s.first);
-      backend_.fill(dy, T(0));
-      backend_.layernorm_backward(stream(L, s.first), p.final_w, final_mean_[idx(s.first)].data(),
-                                  final_rstd_[idx(s.first)].data(), dyn, dy, g.final_w, g.final_b);
+      backend_.gemm_nt(g.head_t, final_input(s.first), dlogits, weight, T(1));
+      auto dy = dstream(L, s.first);  // (d, batch)
+      if constexpr (F::final_norm == FinalNorm::per_stream) {
+        auto dyn = view(dxn_);  // (d, batch)
+        backend_.gemm_nn(dyn, p.head_t, dlogits, weight, T(0));
+        backend_.fill(dy, T(0));
+        backend_.layernorm_backward(stream(L, s.first), p.final_w, final_mean_[idx(s.first)].data(),
+                                    final_rstd_[idx(s.first)].data(), dyn, dy, g.final_w, g.final_b);
+      } else {
+        backend_.gemm_nn(dy, p.head_t, dlogits, weight, T(0));
+      }
     }
   }
 
@@ -284,6 +289,13 @@ class MlpModel {
   /// Skipped blocks alias the buffers of the level before them.
   MatView<T> stream(int level, int shard) { return view(streams_[slot(level_[idx(level)], shard)]); }
   MatView<T> dstream(int level, int shard) { return view(dstreams_[slot(level_[idx(level)], shard)]); }
+  /// What the head reads for the final stream starting at `shard`: its norm, or the stream.
+  MatView<T> final_input(int shard) {
+    if constexpr (F::final_norm == FinalNorm::per_stream)
+      return view(final_xn_[idx(shard)]);
+    else
+      return stream(L, shard);
+  }
 
   void ensure_workspace(Index batch) {
     if (batch == batch_) return;

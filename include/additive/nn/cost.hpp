@@ -49,7 +49,8 @@ StructureCost mlp_cost(const MlpConfig& c, typename F::mask_type m, Index batch,
   StructureCost cost;
   const double act = double(c.d) * double(batch) * element_bytes;
   const auto cuts = F::stream_cuts(m);
-  cost.active_params = c.d * c.in_dim + c.d + 2 * c.d + c.classes * c.d + c.classes;
+  cost.active_params = c.d * c.in_dim + c.d + c.classes * c.d + c.classes;
+  if constexpr (F::final_norm == FinalNorm::per_stream) cost.active_params += 2 * c.d;
   cost.flops_per_sample = 2.0 * double(c.in_dim) * double(c.d);
   for (int l = 0; l < F::blocks; ++l) {
     const auto g = F::block(m, l);

@@ -21,10 +21,24 @@
 
 namespace additive {
 
-/// The MLP family: S shards, L blocks, gate layout (see docs/design-notes.md).
-template <int S, int L, GateLayout Layout = GateLayout::merge_and_branch>
+/// Whether the model norms each final stream before the head. `none` exists to show
+/// why the shipped families have the norm: without it, the last block's merge gates
+/// cancel out (DESIGN property 3) and the structure search finds the duplicates.
+enum class FinalNorm { per_stream, none };
+
+/// The MLP family: S shards, L blocks, gate layout, final norm (see docs/design-notes.md).
+template <int S, int L, GateLayout Layout = GateLayout::merge_and_branch,
+          FinalNorm Final = FinalNorm::per_stream>
 struct MlpFamily : ShardedGates<S, L, Layout> {
   static constexpr const char* name = "mlp";
+  static constexpr FinalNorm final_norm = Final;
+
+  /// "mlp S=4 L=2 merge_only", the text checkpoints and reports identify the family by.
+  static std::string describe() {
+    return std::string(name) + " S=" + std::to_string(S) + " L=" + std::to_string(L) +
+           (Layout == GateLayout::merge_only ? " merge_only" : " merge_and_branch") +
+           (Final == FinalNorm::none ? " no_final_norm" : "");
+  }
 };
 
 /// Run-time widths of an MLP model. h must divide into S shards.

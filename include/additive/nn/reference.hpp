@@ -108,7 +108,9 @@ std::vector<T> logits(const MlpConfig& c, typename F::mask_type m, std::span<con
   // logits = (1/S) sum_j head(final_norm(Y_j)).
   std::vector<T> out(at(c.classes * batch), T(0));
   for (int j = 0; j < S; ++j) {
-    const auto yn = detail::layernorm(stream_of[at(j)], d, batch, p.final_w, p.final_b, c.norm_eps);
+    const auto yn = F::final_norm == FinalNorm::per_stream
+                        ? detail::layernorm(stream_of[at(j)], d, batch, p.final_w, p.final_b, c.norm_eps)
+                        : stream_of[at(j)];
     for (Index n = 0; n < batch; ++n)
       for (Index o = 0; o < c.classes; ++o) {
         T acc = p.head_b[o];
