@@ -12,40 +12,15 @@
 
 #include "additive/additive.hpp"
 
+#include "flags.hpp"
+
 namespace {
 
+using additive::flags::big;
+using additive::flags::within;
+using additive::flags::writable_path;
+
 using Family = additive::MlpFamily<4, 2>;
-
-/// A numeric flag in [lo, hi], with a one-line message that says so (CLI11's own range
-/// checks print the full range of the type).
-template <class T>
-CLI::Validator within(T lo, T hi) {
-  return CLI::Validator(
-      [lo, hi](std::string& text) -> std::string {
-        T value{};
-        if (!CLI::detail::lexical_cast(text, value)) return fmt::format("'{}' is not a number", text);
-        if (!(value >= lo && value <= hi)) return fmt::format("{} is outside [{}, {}]", text, lo, hi);
-        return {};
-      },
-      fmt::format("in [{}, {}]", lo, hi));
-}
-
-/// A path we will write: its directory must exist now, not only when the first write fails.
-CLI::Validator writable_path() {
-  return CLI::Validator(
-      [](std::string& text) -> std::string {
-        const std::filesystem::path p(text);
-        const auto dir = p.has_parent_path() ? p.parent_path() : std::filesystem::path(".");
-        std::error_code ec;
-        if (!std::filesystem::is_directory(dir, ec))
-          return fmt::format("directory '{}' does not exist", dir.string());
-        if (std::filesystem::is_directory(p, ec)) return fmt::format("'{}' is a directory", text);
-        return {};
-      },
-      "PATH");
-}
-
-constexpr std::int64_t big = std::int64_t{1} << 40;
 
 struct Flags {
   std::string mask = "0xff";
@@ -188,11 +163,7 @@ int main(int argc, char** argv) {
   app.add_option("--h", f.h, "hidden width, a multiple of the 4 shards")
       ->capture_default_str()
       ->check(within<std::int64_t>(4, 1 << 20))
-      ->check(CLI::Validator(
-          [](std::string& text) -> std::string {
-            return std::stoll(text) % Family::shards == 0 ? "" : text + " is not a multiple of the 4 shards";
-          },
-          "multiple of 4"));
+      ->check(additive::flags::multiple_of(4));
   app.add_option("--dtype", f.dtype, "float or double")
       ->capture_default_str()
       ->check(CLI::IsMember({"float", "double"}));
@@ -205,14 +176,7 @@ int main(int argc, char** argv) {
       ->check(within<std::int64_t>(0, big));
   app.add_option("--json", f.json, "write the results as JSON here")->check(writable_path());
   app.add_flag("--quiet", f.quiet, "no progress bar");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "error: %s (see --help)\n", e.what());
-    return 2;
-  }
+  if (const int code = additive::flags::parse(app, argc, argv); code >= 0) return code;
   try {
     train.seed = static_cast<std::uint64_t>(f.seed);
     return f.dtype == "double" ? run<double>(f, train) : run<float>(f, train);

@@ -105,6 +105,12 @@ struct TrainResult {
   double samples_per_second = 0;  ///< training throughput of this run (not counting evaluation)
 };
 
+/// The seed of the initial weights of a run with training seed `seed`: every structure
+/// trained with the same seed starts from the same weights.
+constexpr std::uint64_t training_init_seed(std::uint64_t seed) noexcept {
+  return derive_seed(seed, 0x696E6974ULL /* "init" */, 0);
+}
+
 /// Trains one structure of family F in scalar T on the CPU backend.
 template <Family F, class T>
 class Trainer {
@@ -122,7 +128,7 @@ class Trainer {
         grads_(model_.layout().total()),
         optimizer_(make_optimizer(model_.layout(), train)),
         rng_(derive_seed(train.seed, kTrainDomain, 0)) {
-    init_mlp_params<T>(model_config_, F::blocks, derive_seed(train.seed, kInitDomain, 0), params_);
+    init_mlp_params<T>(model_config_, F::blocks, training_init_seed(train.seed), params_);
   }
 
   [[nodiscard]] std::span<T> params() noexcept { return params_; }
@@ -291,7 +297,6 @@ class Trainer {
   }
 
  private:
-  static constexpr std::uint64_t kInitDomain = 0x696E6974ULL;     // "init"
   static constexpr std::uint64_t kTrainDomain = 0x747261696EULL;  // "train"
 
   using AnyOptimizer = std::variant<AdamW<T>, Sgd<T>>;

@@ -1,0 +1,179 @@
+// search: experiment 1. Trains every structure of a family of the sharded MLP (or a
+// seeded sample) on Fashion-MNIST, ranks them on the validation split and writes the
+// leaderboard, results.json, results.csv, topk.json and report.svg. Defaults fit a
+// 2-core machine in a few minutes; --full restores the full-size run.
+#include "additive/exp/search.hpp"
+
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <limits>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "additive/additive.hpp"
+#include "additive/exp/report.hpp"
+
+#include "flags.hpp"
+
+namespace {
+
+using additive::flags::big;
+using additive::flags::within;
+using additive::flags::writable_path;
+
+using namespace additive;
+
+struct Flags {
+  std::string family = "default";
+  std::string out = "search-out";
+  bool resume = false;
+  std::string data = default_data_dir().string();
+  std::int64_t val = 5000;
+  std::int64_t limit = 12000;
+  std::int64_t d = 128;
+  std::int64_t h = 512;
+  std::int64_t seed = 0;
+  std::int64_t sample_seed = 0;
+  bool no_dedupe = false;
+  bool full = false;
+  bool quiet = false;
+};
+
+template <class F>
+int run(Flags f, TrainOptions train, SearchOptions search) {
+  if (f.full) {
+    f.limit = 0;
+    f.d = 256;
+    f.h = 1024;
+    train.epochs = 10;
+  }
+  train.seed = static_cast<std::uint64_t>(f.seed);
+  search.sample_seed = static_cast<std::uint64_t>(f.sample_seed);
+  search.dedupe = !f.no_dedupe;
+  const MlpConfig model{.in_dim = 784, .d = f.d, .h = f.h, .classes = 10};
+  StructureSearch<F> engine(model, train, search);
+
+  const ImageDataset train_set = load_idx_dataset(f.data, "train");
+  if (train_set.input_dim() != model.in_dim)
+    throw InputError(
+        fmt::format("{}: images are {}x{}, the model expects 28x28", f.data, train_set.rows, train_set.cols));
+  if (f.val < 1 || f.val >= train_set.count)
+    throw InputError(fmt::format("--val {} must be in [1, {})", f.val, train_set.count));
+  auto [train_idx, val_idx] = split_validation(train_set, f.val, train.seed);
+  DatasetView train_view = subset(train_set, std::move(train_idx));
+  if (f.limit > 0) train_view = limit(train_view, f.limit);
+  const DatasetView val_view = subset(train_set, std::move(val_idx));
+
+  const std::filesystem::path out(f.out);
+  std::filesystem::create_directories(out);
+  const auto results = out / "results.json";
+  if (!f.resume && std::filesystem::exists(results))
+    throw InputError(fmt::format("{} exists: pass --resume to continue that search, or choose another --out",
+                                 results.string()));
+
+  const auto masks = engine.candidates();
+  std::printf("family %s: %llu structures, %zu considered\n", F::describe().c_str(),
+              static_cast<unsigned long long>(F::mask_type::count), masks.size());
+  std::printf(
+      "data %s: %lld train%s, %lld validation  |  d %lld, h %lld  |  %lld epochs, batch %lld, lr %g, seeds "
+      "%d, "
+      "workers %d\n",
+      f.data.c_str(), static_cast<long long>(train_view.size()),
+      f.limit > 0 ? " (--limit; --full for all)" : "", static_cast<long long>(val_view.size()),
+      static_cast<long long>(f.d), static_cast<long long>(f.h), static_cast<long long>(train.epochs),
+      static_cast<long long>(train.batch), train.lr, search.seeds, search.workers);
+  std::fflush(stdout);
+
+  const nlohmann::json data_identity{{"dir", std::filesystem::absolute(f.data).lexically_normal().string()},
+                                     {"train", train_view.size()},
+                                     {"val", val_view.size()}};
+  const auto report = engine.run(train_view, val_view, results, f.resume, data_identity, !f.quiet);
+  std::printf(
+      "%lld structures, %lld distinct functions trained\n\n%s", static_cast<long long>(report.candidates),
+      static_cast<long long>(report.trained),
+      leaderboard_text(report, static_cast<std::size_t>(std::max<std::int64_t>(search.top_k, 10))).c_str());
+  write_results_csv(out / "results.csv", report);
+  write_topk_json(out / "topk.json", report);
+  write_report_svg(out / "report.svg", report);
+  std::printf("\nwrote %s, results.csv, topk.json, report.svg\n", results.string().c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Structure search: train every structure of a sharded MLP family and rank them."};
+  Flags f;
+  TrainOptions train{.epochs = 2, .batch = 128, .lr = 2e-3};
+  SearchOptions search{.workers = cpu::hardware_threads()};
+  app.add_option(
+         "--family", f.family,
+         "default: S=4 L=2 merge gates (64 structures); branch: merge and residual gates (256 masks, 81 "
+         "functions); no-final-norm: the degenerate family whose last merge gates cancel out")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"default", "branch", "no-final-norm"}));
+  app.add_option("--out", f.out, "directory for results.json, results.csv, topk.json, report.svg")
+      ->capture_default_str();
+  app.add_flag("--resume", f.resume, "continue the search in --out, training only what is missing");
+  app.add_option("--sample", search.sample, "train a seeded sample of this many structures instead of all")
+      ->check(within<std::int64_t>(0, big));
+  app.add_option("--sample-seed", f.sample_seed, "seed of the sample")->check(within<std::int64_t>(0, big));
+  app.add_option("--seeds", search.seeds, "seeds per structure (mean and std in the table)")
+      ->capture_default_str()
+      ->check(within(1, 1000));
+  app.add_option("--workers", search.workers,
+                 "threads, each training one structure (results do not depend on it)")
+      ->capture_default_str()
+      ->check(within(1, 1024));
+  app.add_option("--top-k", search.top_k, "structures in topk.json")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(1, big));
+  app.add_option("--long-epochs", search.long_epochs,
+                 "retrain the top --long-top structures this many epochs and report Kendall's tau (0: off)")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(0, 1000000));
+  app.add_option("--long-top", search.long_top, "structures in the short-vs-long check")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(2, big));
+  app.add_flag("--no-dedupe", f.no_dedupe, "train equivalent structures separately");
+  app.add_option("--epochs", train.epochs, "epochs per structure")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(1, 1000000));
+  app.add_option("--lr", train.lr, "peak learning rate")->capture_default_str()->check(within(1e-12, 1e3));
+  app.add_option("--batch", train.batch, "batch size")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(1, 1000000));
+  app.add_option("--seed", f.seed, "base seed: initial weights, validation split, data order")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(0, std::numeric_limits<std::int64_t>::max()));
+  app.add_option("--data", f.data, "directory of IDX files")->capture_default_str();
+  app.add_option("--val", f.val, "validation samples carved from the training set")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(1, big));
+  app.add_option("--limit", f.limit, "training samples used (0: all)")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(0, big));
+  app.add_option("--d", f.d, "model width")->capture_default_str()->check(within<std::int64_t>(1, 65536));
+  app.add_option("--h", f.h, "hidden width, a multiple of the 4 shards")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(4, 1 << 20))
+      ->check(additive::flags::multiple_of(4));
+  app.add_flag("--full", f.full, "the full run: all training data, d 256, h 1024, 10 epochs");
+  app.add_flag("--quiet", f.quiet, "no progress bar");
+  if (const int code = additive::flags::parse(app, argc, argv); code >= 0) return code;
+  try {
+    if (f.family == "branch") return run<MlpFamily<4, 2>>(f, train, search);
+    if (f.family == "no-final-norm")
+      return run<MlpFamily<4, 2, GateLayout::merge_only, FinalNorm::none>>(f, train, search);
+    return run<MlpFamily<4, 2, GateLayout::merge_only>>(f, train, search);
+  } catch (const InputError& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "internal error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,392 @@
+// Experiment 1, structure search: every structure of a family (or a seeded sample) trains
+// from the same initial weights on the same data in the same order, is evaluated on the
+// validation split, and is ranked. Structures that compute the same function are found
+// first and trained once. Workers are threads, each training a different structure
+// single-threaded, so the results are the same for any worker count. Every finished
+// run is written to the results file at once (atomically), and a search started again
+// with `resume` trains only what is missing.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "additive/core/error.hpp"
+#include "additive/cpu/mlp_model.hpp"
+#include "additive/data/dataset.hpp"
+#include "additive/exp/progress.hpp"
+#include "additive/exp/report.hpp"
+#include "additive/exp/search_types.hpp"
+#include "additive/exp/train.hpp"
+#include "additive/io/atomic_file.hpp"
+#include "additive/nn/cost.hpp"
+
+namespace additive {
+
+/// What a search explores. Together with the model widths, training options and data
+/// these decide its results; `workers` does not.
+struct SearchOptions {
+  std::int64_t sample = -1;  ///< -1: every structure; otherwise a seeded sample of this many (>= 1)
+  std::uint64_t sample_seed = 0;
+  int seeds = 1;                 ///< R: each structure trains with seeds base + 0 .. base + R-1
+  bool dedupe = true;            ///< train one structure per group of equivalent ones
+  std::int64_t top_k = 8;        ///< size of topk.json
+  std::int64_t long_epochs = 0;  ///< > 0: retrain the top `long_top` this long and report Kendall's tau
+  std::int64_t long_top = 8;
+  int workers = 1;  ///< threads, each training one structure at a time
+
+  void validate(std::uint64_t structures) const {
+    auto bad = [](const std::string& what) { throw InputError("search options: " + what); };
+    if (sample == 0) bad("the structure sample is empty (sample size 0)");
+    if (sample < -1) bad("sample size must be >= 1");
+    if (sample > 0 && static_cast<std::uint64_t>(sample) > structures)
+      bad(fmt::format("sample of {} structures from a family of {}", sample, structures));
+    if (seeds < 1 || seeds > 1000) bad("seeds must be in [1, 1000]");
+    if (top_k < 1) bad("top-k must be >= 1");
+    if (long_epochs < 0 || long_top < 2)
+      bad("the short-vs-long check needs long epochs >= 0 and at least 2 structures");
+    if (workers < 1) bad("workers must be >= 1");
+  }
+};
+
+inline void to_json(nlohmann::json& j, const SearchOptions& o) {
+  j = nlohmann::json{
+      {"sample", o.sample}, {"sample_seed", o.sample_seed}, {"seeds", o.seeds},      {"dedupe", o.dedupe},
+      {"top_k", o.top_k},   {"long_epochs", o.long_epochs}, {"long_top", o.long_top}};
+}
+
+/// Kendall's tau-b of two paired samples (ties in either handled); 0 when undefined.
+inline double kendall_tau_b(const std::vector<double>& a, const std::vector<double>& b) {
+  std::int64_t concordant = 0, discordant = 0, ties_a = 0, ties_b = 0;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    for (std::size_t j = i + 1; j < a.size(); ++j) {
+      const double da = a[i] - a[j];
+      const double db = b[i] - b[j];
+      if (da == 0 && db == 0) continue;
+      if (da == 0) {
+        ++ties_a;
+      } else if (db == 0) {
+        ++ties_b;
+      } else if ((da > 0) == (db > 0)) {
+        ++concordant;
+      } else {
+        ++discordant;
+      }
+    }
+  const double n1 = double(concordant + discordant + ties_a);
+  const double n2 = double(concordant + discordant + ties_b);
+  return n1 > 0 && n2 > 0 ? double(concordant - discordant) / std::sqrt(n1 * n2) : 0.0;
+}
+
+template <Family F>
+class StructureSearch {
+ public:
+  using mask_type = typename F::mask_type;
+
+  StructureSearch(const MlpConfig& model, const TrainOptions& train, const SearchOptions& options)
+      : model_(model), train_(train), options_(options) {
+    model_.validate(F::shards);
+    train_.validate();
+    options_.validate(mask_type::count);
+  }
+
+  /// The structures considered: all of them, or a seeded sample, in increasing mask order.
+  [[nodiscard]] std::vector<std::uint64_t> candidates() const {
+    std::vector<std::uint64_t> all(mask_type::count);
+    for (std::uint64_t m = 0; m < mask_type::count; ++m) all[m] = m;
+    if (options_.sample < 0) return all;
+    std::mt19937_64 rng(derive_seed(options_.sample_seed, 0x73616D706C65ULL /* "sample" */, 0));
+    const auto k = static_cast<std::size_t>(options_.sample);
+    for (std::size_t i = 0; i < k; ++i)  // partial Fisher-Yates: the first k are the sample
+      std::swap(all[i], all[i + bounded_rand(rng, all.size() - i)]);
+    all.resize(k);
+    std::sort(all.begin(), all.end());
+    return all;
+  }
+
+  /// Groups of masks whose models compute the same function: outputs on random float64
+  /// probes agree to rounding, both at the initial weights of the search and at random
+  /// weights (non-zero biases, non-unit norms). Each group starts with its smallest mask.
+  [[nodiscard]] std::vector<std::vector<std::uint64_t>> equivalence_groups(
+      const std::vector<std::uint64_t>& masks) const {
+    constexpr Index probes = 16;
+    cpu::MlpModel<F, double> model(model_, 1);
+    std::vector<double> init(model.layout().total()), random(model.layout().total());
+    init_mlp_params<double>(model_, F::blocks, training_init_seed(train_.seed), init);
+    {
+      std::mt19937_64 rng(derive_seed(train_.seed, 0x70726F6265ULL /* "probe" */, 0));
+      std::uniform_real_distribution<double> u(-0.5, 0.5);
+      for (const auto& t : model.layout().tensors())
+        for (std::size_t i = 0; i < t.size; ++i)
+          random[t.offset + i] = t.name.ends_with("norm.weight") ? 1.0 + u(rng) : u(rng);
+    }
+    std::vector<double> x(static_cast<std::size_t>(model_.in_dim * probes));
+    std::mt19937_64 rng(derive_seed(train_.seed, 0x70726F6265ULL, 1));
+    std::uniform_real_distribution<double> unit(0.0, 1.0);
+    for (auto& v : x) v = unit(rng);
+    const std::vector<std::int32_t> y(static_cast<std::size_t>(probes), 0);
+    const MatView<const double> xv(x.data(), model_.in_dim, probes);
+
+    auto outputs = [&](std::uint64_t m) {
+      std::vector<double> out;
+      for (const auto* p : {&init, &random}) {
+        model.forward(mask_type(m), *p, xv, y);
+        const auto l = model.logits();
+        for (Index j = 0; j < l.cols; ++j)
+          for (Index i = 0; i < l.rows; ++i) out.push_back(l(i, j));
+      }
+      return out;
+    };
+    std::vector<std::vector<std::uint64_t>> groups;
+    std::vector<std::vector<double>> reps;
+    for (const auto m : masks) {
+      const auto out = outputs(m);
+      double scale = 1;
+      for (const double v : out) scale = std::max(scale, std::abs(v));
+      bool placed = false;
+      for (std::size_t g = 0; g < groups.size() && !placed; ++g) {
+        double diff = 0;
+        for (std::size_t i = 0; i < out.size(); ++i) diff = std::max(diff, std::abs(out[i] - reps[g][i]));
+        if (diff <= 1e-9 * scale) {
+          groups[g].push_back(m);
+          placed = true;
+        }
+      }
+      if (!placed) {
+        groups.push_back({m});
+        reps.push_back(out);
+      }
+    }
+    return groups;
+  }
+
+  /// Identity of the search: a results file with other settings cannot be resumed.
+  [[nodiscard]] nlohmann::json settings(const nlohmann::json& data_identity) const {
+    return {{"format", "additive-search-1"},
+            {"family", F::describe()},
+            {"model", model_},
+            {"train", train_},
+            {"search", options_},
+            {"data", data_identity}};
+  }
+
+  /// Training runs this object has executed (not counting those a resume found done).
+  [[nodiscard]] std::int64_t runs_trained() const noexcept { return runs_trained_; }
+
+  /// Runs the search. `results`: the results file (empty: none); with `resume` its runs
+  /// are kept and only the missing ones trained. `data_identity` names the data (sizes,
+  /// source) so that a resume on other data is refused.
+  SearchReport run(const DatasetView& train, const DatasetView& val, const std::filesystem::path& results,
+                   bool resume, const nlohmann::json& data_identity, bool progress = true) {
+    const auto masks = candidates();
+    const auto groups = options_.dedupe ? equivalence_groups(masks) : singleton_groups(masks);
+    const auto settings_json = settings(data_identity);
+    runs_.clear();
+    if (resume) load_runs(results, settings_json);
+
+    // Short phase: every representative with every seed.
+    std::vector<Job> jobs;
+    for (const auto& g : groups)
+      for (int r = 0; r < options_.seeds; ++r) jobs.push_back({"short", g.front(), r, train_.epochs});
+    execute(jobs, train, val, results, settings_json, groups, progress, "search");
+
+    SearchReport report = build_report(masks, groups);
+
+    // Trust: retrain the top structures with a longer budget and compare the rankings.
+    if (options_.long_epochs > 0) {
+      const auto n =
+          std::min<std::size_t>(static_cast<std::size_t>(options_.long_top), report.entries.size());
+      std::vector<Job> long_jobs;
+      for (std::size_t i = 0; i < n; ++i)
+        long_jobs.push_back({"long", report.entries[i].mask, 0, options_.long_epochs});
+      execute(long_jobs, train, val, results, settings_json, groups, progress, "long check");
+      RankTrust trust{train_.epochs, options_.long_epochs, {}, {}, {}, 0};
+      for (std::size_t i = 0; i < n; ++i) {
+        trust.masks.push_back(report.entries[i].mask);
+        trust.short_acc.push_back(report.entries[i].acc_mean);
+        trust.long_acc.push_back(runs_.at({"long", report.entries[i].mask, 0}).val_accuracy);
+      }
+      trust.tau = kendall_tau_b(trust.short_acc, trust.long_acc);
+      report.trust = trust;
+    }
+    if (!results.empty()) save(results, settings_json, groups, &report);
+    return report;
+  }
+
+ private:
+  using RunKey = std::tuple<std::string, std::uint64_t, int>;  // phase, mask, seed index
+  struct Job {
+    std::string phase;
+    std::uint64_t mask;
+    int seed;
+    std::int64_t epochs;
+  };
+
+  static std::vector<std::vector<std::uint64_t>> singleton_groups(const std::vector<std::uint64_t>& masks) {
+    std::vector<std::vector<std::uint64_t>> g;
+    for (const auto m : masks) g.push_back({m});
+    return g;
+  }
+
+  RunRecord train_one(const Job& job, const DatasetView& train, const DatasetView& val) const {
+    TrainOptions o = train_;
+    o.seed = train_.seed + static_cast<std::uint64_t>(job.seed);
+    o.epochs = job.epochs;
+    Trainer<F, float> trainer(model_, mask_type(job.mask), o, RunOptions{.threads = 1, .progress = false});
+    const auto t0 = ProgressBar::Clock::now();
+    const auto result = trainer.fit(train, val);
+    const auto& last = result.epochs.back();
+    return RunRecord{job.phase,
+                     job.mask,
+                     job.seed,
+                     last.val.accuracy,
+                     last.val.loss,
+                     last.train_loss,
+                     std::chrono::duration<double>(ProgressBar::Clock::now() - t0).count()};
+  }
+
+  /// Trains the jobs not in runs_ on `workers` threads, saving after each.
+  void execute(const std::vector<Job>& all, const DatasetView& train, const DatasetView& val,
+               const std::filesystem::path& results, const nlohmann::json& settings_json,
+               const std::vector<std::vector<std::uint64_t>>& groups, bool progress,
+               const std::string& label) {
+    std::vector<Job> todo;
+    for (const auto& j : all)
+      if (!runs_.contains({j.phase, j.mask, j.seed})) todo.push_back(j);
+    if (todo.empty()) return;
+    if (progress && todo.size() < all.size())
+      std::fprintf(stderr, "%s: %zu of %zu runs already in %s\n", label.c_str(), all.size() - todo.size(),
+                   all.size(), results.string().c_str());
+    ProgressBar bar(label, static_cast<std::int64_t>(todo.size()), 1.0, "runs", progress ? stderr : nullptr);
+    std::atomic<std::size_t> next{0};
+    std::mutex mutex;
+    std::exception_ptr failure;
+    std::int64_t done = 0;
+    auto worker = [&] {
+      for (std::size_t i = next++; i < todo.size(); i = next++) {
+        {
+          const std::lock_guard lock(mutex);
+          if (failure) return;
+        }
+        try {
+          const RunRecord rec = train_one(todo[i], train, val);
+          const std::lock_guard lock(mutex);
+          runs_[{rec.phase, rec.mask, rec.seed}] = rec;
+          ++runs_trained_;
+          if (!results.empty()) save(results, settings_json, groups, nullptr);
+          bar.update(++done, fmt::format("last {} {:.2f}%", F::to_string(mask_type(rec.mask)),
+                                         100 * rec.val_accuracy));
+        } catch (...) {
+          const std::lock_guard lock(mutex);
+          if (!failure) failure = std::current_exception();
+          return;
+        }
+      }
+    };
+    const int n = std::max(1, std::min<int>(options_.workers, static_cast<int>(todo.size())));
+    {
+      std::vector<std::jthread> threads;
+      for (int t = 1; t < n; ++t) threads.emplace_back(worker);
+      worker();
+    }
+    if (failure) std::rethrow_exception(failure);
+  }
+
+  SearchReport build_report(const std::vector<std::uint64_t>& masks,
+                            const std::vector<std::vector<std::uint64_t>>& groups) const {
+    SearchReport report;
+    report.family = F::describe();
+    report.candidates = static_cast<std::int64_t>(masks.size());
+    report.trained = static_cast<std::int64_t>(groups.size());
+    report.top_k = options_.top_k;
+    for (const auto& g : groups) {
+      SearchEntry e;
+      e.mask = g.front();
+      e.structure = F::to_string(mask_type(e.mask));
+      e.equivalent.assign(g.begin() + 1, g.end());
+      std::vector<double> acc, loss;
+      for (int r = 0; r < options_.seeds; ++r) {
+        const auto& rec = runs_.at({"short", e.mask, r});
+        acc.push_back(rec.val_accuracy);
+        loss.push_back(rec.val_loss);
+      }
+      e.runs = options_.seeds;
+      std::tie(e.acc_mean, e.acc_std) = mean_std(acc);
+      std::tie(e.loss_mean, e.loss_std) = mean_std(loss);
+      e.cost = mlp_cost<F>(model_, mask_type(e.mask), train_.batch);
+      report.entries.push_back(e);
+    }
+    std::sort(report.entries.begin(), report.entries.end(), [](const SearchEntry& a, const SearchEntry& b) {
+      return std::tie(b.acc_mean, a.loss_mean, a.mask) < std::tie(a.acc_mean, b.loss_mean, b.mask);
+    });
+    for (std::size_t i = 0; i < report.entries.size(); ++i) report.entries[i].rank = static_cast<int>(i + 1);
+    mark_pareto(report.entries);
+    return report;
+  }
+
+  static std::pair<double, double> mean_std(const std::vector<double>& v) {
+    double mean = 0;
+    for (const double x : v) mean += x;
+    mean /= double(v.size());
+    double var = 0;
+    for (const double x : v) var += (x - mean) * (x - mean);
+    return {mean, v.size() > 1 ? std::sqrt(var / double(v.size() - 1)) : 0.0};
+  }
+
+  void save(const std::filesystem::path& path, const nlohmann::json& settings_json,
+            const std::vector<std::vector<std::uint64_t>>& groups, const SearchReport* report) const {
+    nlohmann::json j = settings_json;
+    j["groups"] = groups;
+    j["runs"] = nlohmann::json::array();
+    for (const auto& [key, rec] : runs_) j["runs"].push_back(rec);  // map order: phase, mask, seed
+    j["complete"] = report != nullptr;
+    if (report != nullptr) j["report"] = to_json(*report);
+    write_file_atomically(path, j.dump(1) + "\n");
+  }
+
+  void load_runs(const std::filesystem::path& path, const nlohmann::json& settings_json) {
+    std::ifstream in(path);
+    if (!in) throw InputError(fmt::format("cannot resume: results file '{}' cannot be read", path.string()));
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(in);
+      for (const auto& [key, value] : settings_json.items()) {
+        if (!j.contains(key))
+          throw InputError(fmt::format("cannot resume: results file '{}' has no '{}'", path.string(), key));
+        if (j.at(key) != value)
+          throw InputError(fmt::format(
+              "cannot resume: results file '{}' was written with other {} settings ({} there, {} now)",
+              path.string(), key, j.at(key).dump(), value.dump()));
+      }
+      for (const auto& r : j.at("runs")) {
+        auto rec = r.get<RunRecord>();
+        runs_[{rec.phase, rec.mask, rec.seed}] = rec;
+      }
+    } catch (const nlohmann::json::exception& e) {
+      throw InputError(fmt::format("cannot resume: results file '{}' is not a search results file ({})",
+                                   path.string(), e.what()));
+    }
+  }
+
+  MlpConfig model_;
+  TrainOptions train_;
+  SearchOptions options_;
+  std::map<RunKey, RunRecord> runs_;
+  std::int64_t runs_trained_ = 0;
+};
+
+}  // namespace additive

@@ -1,0 +1,146 @@
+// The structure search engine: candidates, the equivalence detector on the shipped and
+// the degenerate family, identical results for any worker count, resume, Kendall's tau.
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+
+#include "additive/exp/search.hpp"
+
+using namespace additive;
+
+namespace {
+
+using Default = MlpFamily<4, 2, GateLayout::merge_only>;  // n = 6
+using Branch = MlpFamily<4, 2>;                           // n = 8, 81 functions
+using Degenerate = MlpFamily<4, 2, GateLayout::merge_only, FinalNorm::none>;
+
+const MlpConfig model{.in_dim = 20, .d = 8, .h = 16, .classes = 4};
+const TrainOptions train{.epochs = 1, .batch = 32, .lr = 5e-3, .seed = 3};
+
+ImageDataset synthetic(std::int64_t count, std::uint64_t seed) {
+  ImageDataset ds{count, 4, 5, 4, {}, {}};
+  std::mt19937_64 rng(seed);
+  for (std::int64_t i = 0; i < count; ++i) {
+    const auto label = static_cast<std::uint8_t>(rng() % 4);
+    for (int p = 0; p < 20; ++p)
+      ds.pixels.push_back(static_cast<std::uint8_t>(rng() % 128 + ((p % 4) == label ? 90 : 0)));
+    ds.labels.push_back(label);
+  }
+  return ds;
+}
+
+std::filesystem::path temp_path(const std::string& name) {
+  return std::filesystem::temp_directory_path() / ("additive_test_search_" + name + ".json");
+}
+
+void check_same_ranking(const SearchReport& a, const SearchReport& b) {
+  REQUIRE(a.entries.size() == b.entries.size());
+  for (std::size_t i = 0; i < a.entries.size(); ++i) {
+    CHECK(a.entries[i].mask == b.entries[i].mask);
+    CHECK(a.entries[i].acc_mean == b.entries[i].acc_mean);
+    CHECK(a.entries[i].loss_mean == b.entries[i].loss_mean);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("candidates: every structure, or a seeded sample of distinct ones") {
+  CHECK(StructureSearch<Default>(model, train, {}).candidates().size() == 64);
+  const auto a = StructureSearch<Branch>(model, train, {.sample = 20, .sample_seed = 5}).candidates();
+  const auto b = StructureSearch<Branch>(model, train, {.sample = 20, .sample_seed = 5}).candidates();
+  const auto c = StructureSearch<Branch>(model, train, {.sample = 20, .sample_seed = 6}).candidates();
+  CHECK(a.size() == 20);
+  CHECK(std::set<std::uint64_t>(a.begin(), a.end()).size() == 20);
+  CHECK(std::is_sorted(a.begin(), a.end()));
+  CHECK(a == b);
+  CHECK(a != c);
+  CHECK_THROWS_WITH_AS(StructureSearch<Branch>(model, train, {.sample = 0}), doctest::Contains("empty"),
+                       InputError);
+  CHECK_THROWS_AS(StructureSearch<Default>(model, train, {.sample = 65}), InputError);
+}
+
+TEST_CASE("equivalence detector: none in the default family, the known ones elsewhere") {
+  SUBCASE("default family: 64 structures, 64 functions") {
+    StructureSearch<Default> s(model, train, {});
+    CHECK(s.equivalence_groups(s.candidates()).size() == 64);
+  }
+  SUBCASE("no final norm: the last block's merge gates cancel out, 8 groups of 8") {
+    StructureSearch<Degenerate> s(model, train, {});
+    const auto groups = s.equivalence_groups(s.candidates());
+    REQUIRE(groups.size() == 8);
+    for (const auto& g : groups) {
+      CHECK(g.size() == 8);
+      for (const auto m : g) CHECK((m & 0x7) == (g.front() & 0x7));  // same first-block gates
+    }
+  }
+  SUBCASE("branch gates: masks group exactly by canonical form, 81 functions") {
+    StructureSearch<Branch> s(model, train, {});
+    const auto groups = s.equivalence_groups(s.candidates());
+    CHECK(groups.size() == 81);
+    for (const auto& g : groups)
+      for (const auto m : g)
+        CHECK(Branch::canonical(Branch::mask_type(m)) == Branch::canonical(Branch::mask_type(g.front())));
+  }
+}
+
+TEST_CASE("results are identical for 1 and 2 workers, and a resumed search matches an uninterrupted one") {
+  const auto train_set = synthetic(96, 1);
+  const auto val_set = synthetic(48, 2);
+  const DatasetView tv(train_set), vv(val_set);
+  const nlohmann::json data{{"synthetic", 1}};
+  SearchOptions options{
+      .sample = 12, .sample_seed = 1, .seeds = 2, .top_k = 4, .long_epochs = 2, .long_top = 4};
+
+  options.workers = 1;
+  StructureSearch<Default> one(model, train, options);
+  const auto a = one.run(tv, vv, {}, false, data, false);
+  options.workers = 2;
+  StructureSearch<Default> two(model, train, options);
+  const auto path = temp_path("resume");
+  const auto b = two.run(tv, vv, path, false, data, false);
+  check_same_ranking(a, b);
+  REQUIRE(a.trust.has_value());
+  CHECK(a.trust->tau == b.trust->tau);
+  CHECK(a.trust->masks.size() == 4);
+
+  // A kill leaves the file as it was after some finished run: keep the first 9 of 24+4.
+  nlohmann::json j = nlohmann::json::parse(std::ifstream(path));
+  const auto all_runs = j["runs"].size();
+  REQUIRE(all_runs == 12 * 2 + 4);
+  j["runs"] = nlohmann::json(std::vector<nlohmann::json>(j["runs"].begin(), j["runs"].begin() + 9));
+  j["complete"] = false;
+  j.erase("report");
+  std::ofstream(path) << j.dump();
+  StructureSearch<Default> resumed(model, train, options);
+  const auto c = resumed.run(tv, vv, path, true, data, false);
+  CHECK(resumed.runs_trained() == static_cast<std::int64_t>(all_runs) - 9);
+  check_same_ranking(a, c);
+  CHECK(c.trust->tau == a.trust->tau);
+
+  SUBCASE("resume refuses a results file of another search, and an unreadable one") {
+    TrainOptions other = train;
+    other.lr = 1e-2;
+    StructureSearch<Default> s(model, other, options);
+    CHECK_THROWS_WITH_AS(s.run(tv, vv, path, true, data, false), doctest::Contains("other train settings"),
+                         InputError);
+    CHECK_THROWS_WITH_AS(s.run(tv, vv, temp_path("missing"), true, data, false),
+                         doctest::Contains("cannot be read"), InputError);
+    std::ofstream(temp_path("garbage")) << "{ not json";
+    CHECK_THROWS_WITH_AS(s.run(tv, vv, temp_path("garbage"), true, data, false),
+                         doctest::Contains("not a search results file"), InputError);
+    std::filesystem::remove(temp_path("garbage"));
+  }
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("Kendall's tau-b against hand-computed values") {
+  CHECK(kendall_tau_b({1, 2, 3, 4}, {10, 20, 30, 40}) == doctest::Approx(1.0));
+  CHECK(kendall_tau_b({1, 2, 3, 4}, {4, 3, 2, 1}) == doctest::Approx(-1.0));
+  // Pairs of (1,2,3) vs (1,3,2): concordant (1,2) (1,3), discordant (2,3): (2-1)/3.
+  CHECK(kendall_tau_b({1, 2, 3}, {1, 3, 2}) == doctest::Approx(1.0 / 3));
+  // A tie in the first: pairs (1,1),(1,2),(1,2) vs (1,2,3): C = 2, D = 0, ties_a = 1: 2/sqrt(2*3).
+  CHECK(kendall_tau_b({1, 1, 2}, {1, 2, 3}) == doctest::Approx(2.0 / std::sqrt(6.0)));
+}
