@@ -368,18 +368,36 @@ class StructureSearch {
         if (!j.contains(key))
           throw InputError(fmt::format("cannot resume: results file '{}' has no '{}'", path.string(), key));
         if (j.at(key) != value)
-          throw InputError(fmt::format(
-              "cannot resume: results file '{}' was written with other {} settings ({} there, {} now)",
-              path.string(), key, j.at(key).dump(), value.dump()));
+          throw InputError(
+              fmt::format("cannot resume: results file '{}' was written with other {} settings ({})",
+                          path.string(), key, describe_difference(j.at(key), value)));
       }
       for (const auto& r : j.at("runs")) {
         auto rec = r.get<RunRecord>();
         runs_[{rec.phase, rec.mask, rec.seed}] = rec;
       }
-    } catch (const nlohmann::json::exception& e) {
-      throw InputError(fmt::format("cannot resume: results file '{}' is not a search results file ({})",
-                                   path.string(), e.what()));
+    } catch (const nlohmann::json::parse_error& e) {
+      throw InputError(fmt::format(
+          "cannot resume: results file '{}' is not a search results file (invalid JSON at byte {})",
+          path.string(), e.byte));
+    } catch (const nlohmann::json::exception&) {
+      throw InputError(fmt::format(
+          "cannot resume: results file '{}' is not a search results file (a run record is malformed)",
+          path.string()));
     }
+  }
+
+  /// "lr 0.002 there, 0.01 now": the fields of two settings objects that differ.
+  static std::string describe_difference(const nlohmann::json& there, const nlohmann::json& now) {
+    if (!there.is_object() || !now.is_object())
+      return fmt::format("{} there, {} now", there.dump(), now.dump());
+    std::string out;
+    for (const auto& [field, value] : now.items()) {
+      if (there.contains(field) && there.at(field) == value) continue;
+      const auto old = there.contains(field) ? there.at(field).dump() : std::string("missing");
+      out += fmt::format("{}{} {} there, {} now", out.empty() ? "" : "; ", field, old, value.dump());
+    }
+    return out.empty() ? "extra fields there" : out;
   }
 
   MlpConfig model_;
