@@ -1,5 +1,7 @@
 // DESIGN property 4: for every structure of small models (n = 6 and n = 8), the analytic
 // gradient of every parameter matches a float64 central finite difference of the loss.
+// Unoptimised under the sanitizers this takes minutes:
+// ADDITIVE_TEST_TIMEOUT: 900
 #include <doctest/doctest.h>
 
 #include <vector>
