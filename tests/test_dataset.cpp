@@ -2,7 +2,6 @@
 // views, the validation split, seeded shuffling and batch gathering.
 #include <doctest/doctest.h>
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <array>
 #include <cstdint>
@@ -14,6 +13,8 @@
 #include <string>
 #include <type_traits>
 #include <vector>
+
+#include <Eigen/Core>
 
 #include "additive/data/dataset.hpp"
 #include "additive/data/idx.hpp"
@@ -29,7 +30,8 @@ class TempDir {
  public:
   TempDir() {
     std::random_device rd;
-    path_ = fs::temp_directory_path() / ("additive-test-dataset-" + std::to_string(rd()) + std::to_string(rd()));
+    path_ =
+        fs::temp_directory_path() / ("additive-test-dataset-" + std::to_string(rd()) + std::to_string(rd()));
     fs::create_directories(path_);
   }
   TempDir(const TempDir&) = delete;
@@ -46,14 +48,16 @@ class TempDir {
 };
 
 /// A small dataset whose pixel bytes and labels are distinct per sample.
-ImageDataset make_dataset(std::int64_t count, std::int64_t rows = 3, std::int64_t cols = 2, int classes = 10) {
+ImageDataset make_dataset(std::int64_t count, std::int64_t rows = 3, std::int64_t cols = 2,
+                          int classes = 10) {
   ImageDataset ds;
   ds.count = count;
   ds.rows = rows;
   ds.cols = cols;
   ds.num_classes = classes;
   ds.pixels.resize(static_cast<std::size_t>(count * rows * cols));
-  for (std::size_t i = 0; i < ds.pixels.size(); ++i) ds.pixels[i] = static_cast<std::uint8_t>((i * 37 + 11) % 256);
+  for (std::size_t i = 0; i < ds.pixels.size(); ++i)
+    ds.pixels[i] = static_cast<std::uint8_t>((i * 37 + 11) % 256);
   for (std::int64_t i = 0; i < count; ++i) ds.labels.push_back(static_cast<std::uint8_t>(i % classes));
   return ds;
 }
@@ -61,8 +65,8 @@ ImageDataset make_dataset(std::int64_t count, std::int64_t rows = 3, std::int64_
 /// Writes `ds` as split `prefix` ("train" or "t10k") into `dir`.
 void write_split(const fs::path& dir, const std::string& prefix, const ImageDataset& ds, bool gzip) {
   const std::string ext = gzip ? ".gz" : "";
-  additive::write_idx_images(dir / (prefix + "-images-idx3-ubyte" + ext), {ds.count, ds.rows, ds.cols, ds.pixels},
-                             gzip);
+  additive::write_idx_images(dir / (prefix + "-images-idx3-ubyte" + ext),
+                             {ds.count, ds.rows, ds.cols, ds.pixels}, gzip);
   additive::write_idx_labels(dir / (prefix + "-labels-idx1-ubyte" + ext), ds.labels, gzip);
 }
 
@@ -125,9 +129,9 @@ static_assert(!additive::Dataset<IntSize>);
 static_assert(!additive::Dataset<FloatOnly>, "double batches are the test oracle");
 static_assert(!std::is_constructible_v<DatasetView, ImageDataset&&>, "a view of a temporary would dangle");
 static_assert(std::is_constructible_v<DatasetView, const ImageDataset&>);
-static_assert(
-    !std::is_constructible_v<additive::Batcher<DatasetView>, DatasetView&&, std::int64_t, std::uint64_t, std::int64_t>,
-    "a batcher over a temporary view would dangle");
+static_assert(!std::is_constructible_v<additive::Batcher<DatasetView>, DatasetView&&, std::int64_t,
+                                       std::uint64_t, std::int64_t>,
+              "a batcher over a temporary view would dangle");
 
 TEST_CASE("Fashion-MNIST loads from the installed package") {
   const fs::path dir = additive::default_data_dir();
@@ -192,7 +196,8 @@ TEST_CASE("load_idx_dataset errors name the file and what was wrong") {
     CHECK(contains(msg, "train-labels-idx1-ubyte.gz and train-labels-idx1-ubyte"));
   }
   SUBCASE("unknown split") {
-    CHECK(contains(input_error([&] { (void)additive::load_idx_dataset(dir.path(), "validation"); }), "'validation'"));
+    CHECK(contains(input_error([&] { (void)additive::load_idx_dataset(dir.path(), "validation"); }),
+                   "'validation'"));
   }
   SUBCASE("image and label counts disagree") {
     ImageDataset ds = make_dataset(6);
@@ -215,9 +220,10 @@ TEST_CASE("load_idx_dataset errors name the file and what was wrong") {
   SUBCASE("fewer classes than the labels use") {
     write_split(dir.path(), "train", make_dataset(6), true);
     CHECK(additive::load_idx_dataset(dir.path(), "train", 6).num_classes == 6);
+    CHECK(contains(input_error([&] { (void)additive::load_idx_dataset(dir.path(), "train", 5); }),
+                   "label 5 at index 5"));
     CHECK(
-        contains(input_error([&] { (void)additive::load_idx_dataset(dir.path(), "train", 5); }), "label 5 at index 5"));
-    CHECK(contains(input_error([&] { (void)additive::load_idx_dataset(dir.path(), "train", 0); }), "classes"));
+        contains(input_error([&] { (void)additive::load_idx_dataset(dir.path(), "train", 0); }), "classes"));
   }
   SUBCASE("a broken file inside the directory") {
     write_split(dir.path(), "train", make_dataset(6), true);

@@ -153,14 +153,17 @@ TEST_CASE("IDX reader: wrong magic") {
   additive::write_idx_labels(labels, std::vector<std::uint8_t>{1, 2}, true);
 
   const std::string m1 = input_error([&] { (void)additive::read_idx_labels(images); }, images);
-  CHECK(m1 == images.string() + ": wrong magic 0x00000803, expected 0x00000801 (IDX labels of unsigned bytes)");
+  CHECK(m1 ==
+        images.string() + ": wrong magic 0x00000803, expected 0x00000801 (IDX labels of unsigned bytes)");
   const std::string m2 = input_error([&] { (void)additive::read_idx_images(labels); }, labels);
-  CHECK(m2 == labels.string() + ": wrong magic 0x00000801, expected 0x00000803 (IDX images of unsigned bytes)");
+  CHECK(m2 ==
+        labels.string() + ": wrong magic 0x00000801, expected 0x00000803 (IDX images of unsigned bytes)");
 
   // Right rank, wrong data type (0x0D: float).
   const auto floats = dir / "floats";
   write_bytes(floats, be32({0x00000D03, 1, 1, 1, 0}), false);
-  CHECK(contains(input_error([&] { (void)additive::read_idx_images(floats); }, floats), "wrong magic 0x00000D03"));
+  CHECK(contains(input_error([&] { (void)additive::read_idx_images(floats); }, floats),
+                 "wrong magic 0x00000D03"));
 }
 
 TEST_CASE("IDX reader: truncated gzip is reported") {
@@ -178,7 +181,8 @@ TEST_CASE("IDX reader: truncated gzip is reported") {
   }
   SUBCASE("cut inside the gzip trailer: every pixel decompresses, the stream is incomplete") {
     fs::resize_file(path, full - 3);
-    CHECK(contains(input_error([&] { (void)additive::read_idx_images(path); }, path), "truncated gzip stream"));
+    CHECK(
+        contains(input_error([&] { (void)additive::read_idx_images(path); }, path), "truncated gzip stream"));
   }
   SUBCASE("corrupt compressed bytes") {
     auto bytes = read_bytes(path);
@@ -201,7 +205,8 @@ TEST_CASE("IDX reader: truncated raw files and headers") {
   }
   SUBCASE("header") {
     fs::resize_file(path, 10);
-    CHECK(contains(input_error([&] { (void)additive::read_idx_images(path); }, path), "header (10 of 16 bytes)"));
+    CHECK(contains(input_error([&] { (void)additive::read_idx_images(path); }, path),
+                   "header (10 of 16 bytes)"));
   }
   SUBCASE("empty file, raw and gzip") {
     write_bytes(path, {}, false);
@@ -227,7 +232,8 @@ TEST_CASE("IDX reader: zero and implausible dimensions") {
   write_bytes(path, be32({0x801, 0}), true);
   CHECK(contains(input_error([&] { (void)additive::read_idx_labels(path); }, path), "zero dimension"));
   write_bytes(path, be32({0x803, 1, 2048, 1024}), true);
-  CHECK(contains(input_error([&] { (void)additive::read_idx_images(path); }, path), "implausible image size"));
+  CHECK(
+      contains(input_error([&] { (void)additive::read_idx_images(path); }, path), "implausible image size"));
 }
 
 TEST_CASE("IDX reader: trailing bytes are an error") {
@@ -253,7 +259,8 @@ TEST_CASE("IDX writer refuses what the reader would refuse, and reports unwritab
   bad.pixels.pop_back();
   CHECK_THROWS_AS(additive::write_idx_images(dir / "x", bad, false), additive::RuntimeError);
   CHECK_THROWS_AS(additive::write_idx_images(dir / "x", make_images(0, 2, 2), false), additive::RuntimeError);
-  CHECK_THROWS_AS(additive::write_idx_labels(dir / "x", std::vector<std::uint8_t>{}, false), additive::RuntimeError);
+  CHECK_THROWS_AS(additive::write_idx_labels(dir / "x", std::vector<std::uint8_t>{}, false),
+                  additive::RuntimeError);
   // Unwritable paths are reported by write_file_atomically (io/atomic_file.hpp).
   const auto nowhere = dir / "no-such-dir" / "labels.gz";
   CHECK_THROWS_WITH_AS(additive::write_idx_labels(nowhere, std::vector<std::uint8_t>{1}, true),

@@ -2,11 +2,6 @@
 // written out below; cross-checked once against torch.optim.AdamW / SGD).
 #include <doctest/doctest.h>
 
-#include <additive/optim/adamw.hpp>
-#include <additive/optim/optimizer.hpp>
-#include <additive/optim/schedule.hpp>
-#include <additive/optim/sgd.hpp>
-
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -14,6 +9,11 @@
 #include <span>
 #include <string>
 #include <vector>
+
+#include <additive/optim/adamw.hpp>
+#include <additive/optim/optimizer.hpp>
+#include <additive/optim/schedule.hpp>
+#include <additive/optim/sgd.hpp>
 
 namespace {
 
@@ -71,8 +71,7 @@ void check_close(std::span<const T> got, const std::vector<double>& want, double
     CAPTURE(i);
     CAPTURE(static_cast<double>(got[i]));
     CAPTURE(want[i]);
-    CHECK(std::abs(static_cast<double>(got[i]) - want[i]) <=
-          tol * std::max(1.0, std::abs(want[i])));
+    CHECK(std::abs(static_cast<double>(got[i]) - want[i]) <= tol * std::max(1.0, std::abs(want[i])));
   }
 }
 
@@ -87,9 +86,7 @@ std::string input_error_of(F&& f) {
   return "<no InputError>";
 }
 
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 // ---------------------------------------------------------------- AdamW
 //
@@ -121,10 +118,9 @@ bool contains(const std::string& s, const std::string& part) {
 //   b : m = 0.342 - 0.1 = 0.242, v = 0.007988004 + 0.001 = 0.008988004
 //       m_hat = 0.892988929889299, sqrt(v_hat) = 1.73176191579555, upd = 0.0515653402807703
 //       p = 0.300000001 - upd = 0.24843466071922967
-const std::vector<double> kAdamWP[3] = {
-    {0.899000002, -1.898000001, 0.4000000005},
-    {0.90336415978747365, -1.8491551845224581, 0.300000001},
-    {0.85263658193720543, -1.8110160042471340, 0.24843466071922967}};
+const std::vector<double> kAdamWP[3] = {{0.899000002, -1.898000001, 0.4000000005},
+                                        {0.90336415978747365, -1.8491551845224581, 0.300000001},
+                                        {0.85263658193720543, -1.8110160042471340, 0.24843466071922967}};
 const std::vector<double> kAdamWM3 = {0.0955, -0.0585, 0.242};
 const std::vector<double> kAdamWV3 = {0.00149925025, 0.0010604385, 0.008988004};
 
@@ -155,8 +151,8 @@ TEST_CASE("AdamW: three steps match hand-computed values (float, 1e-6 relative)"
 TEST_CASE("AdamW: a no-decay tensor receives no decay") {
   // Zero gradient: m = v = 0, update = 0/(0 + eps) = 0, so only the decay acts:
   // "w" becomes 0.99 * p (lr = 1, wd = 0.01), "b" stays bit-identical.
-  AdamW<double> opt(two_tensors(), AdamWConfig{.beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8,
-                                               .weight_decay = 0.01});
+  AdamW<double> opt(two_tensors(),
+                    AdamWConfig{.beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.01});
   std::vector<double> p = {1.0, -2.0, 0.5};
   const std::vector<double> g(3, 0.0);
   opt.step(std::span<double>(p), std::span<const double>(g), 1.0);
@@ -218,17 +214,13 @@ TEST_CASE("AdamW: config and step arguments are validated") {
 
   AdamW<double> opt(l);
   std::vector<double> p(3, 0.0), g(3, 0.0), short_g(2, 0.0);
-  CHECK(contains(input_error_of([&] {
-                   opt.step(std::span<double>(p), std::span<const double>(short_g), 0.1);
-                 }),
-                 "grads has 2 elements, expected the layout's 3"));
-  CHECK(contains(input_error_of([&] {
-                   opt.step(std::span<double>(p).first(1), std::span<const double>(g), 0.1);
-                 }),
-                 "params has 1 elements"));
-  CHECK(contains(input_error_of([&] {
-                   opt.step(std::span<double>(p), std::span<const double>(g), -0.1);
-                 }),
+  CHECK(
+      contains(input_error_of([&] { opt.step(std::span<double>(p), std::span<const double>(short_g), 0.1); }),
+               "grads has 2 elements, expected the layout's 3"));
+  CHECK(contains(
+      input_error_of([&] { opt.step(std::span<double>(p).first(1), std::span<const double>(g), 0.1); }),
+      "params has 1 elements"));
+  CHECK(contains(input_error_of([&] { opt.step(std::span<double>(p), std::span<const double>(g), -0.1); }),
                  "lr = -0.1"));
   CHECK(opt.steps() == 0);  // rejected steps do not count
   CHECK(contains(input_error_of([&] { opt.set_steps(-1); }), "steps = -1"));

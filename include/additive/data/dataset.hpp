@@ -3,7 +3,6 @@
 // standard library, and batches gathered as (input_dim, batch) matrices in [0, 1].
 #pragma once
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <array>
 #include <concepts>
@@ -17,6 +16,8 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#include <Eigen/Core>
 
 #include "additive/core/error.hpp"
 #include "additive/data/idx.hpp"
@@ -62,14 +63,18 @@ inline std::filesystem::path find_idx_file(const std::filesystem::path& dir, con
 /// `{train,t10k}-images-idx3-ubyte[.gz]` and `{train,t10k}-labels-idx1-ubyte[.gz]`
 /// (gzip tried first). The image and label counts must agree and every label must be
 /// below `num_classes` (1..256).
-inline ImageDataset load_idx_dataset(const std::filesystem::path& dir, std::string_view split, int num_classes = 10) {
+inline ImageDataset load_idx_dataset(const std::filesystem::path& dir, std::string_view split,
+                                     int num_classes = 10) {
   if (split != "train" && split != "test")
     throw InputError("unknown data split '" + std::string(split) + "', expected 'train' or 'test'");
   if (num_classes < 1 || num_classes > 256)
-    throw InputError("number of classes " + std::to_string(num_classes) + " is out of range, expected 1..256");
+    throw InputError("number of classes " + std::to_string(num_classes) +
+                     " is out of range, expected 1..256");
   const std::string prefix = split == "train" ? "train" : "t10k";
-  const auto images_path = detail::find_idx_file(dir, prefix + "-images-idx3-ubyte", std::string(split) + " images");
-  const auto labels_path = detail::find_idx_file(dir, prefix + "-labels-idx1-ubyte", std::string(split) + " labels");
+  const auto images_path =
+      detail::find_idx_file(dir, prefix + "-images-idx3-ubyte", std::string(split) + " images");
+  const auto labels_path =
+      detail::find_idx_file(dir, prefix + "-labels-idx1-ubyte", std::string(split) + " labels");
 
   IdxImages images = read_idx_images(images_path);
   std::vector<std::uint8_t> labels = read_idx_labels(labels_path);
@@ -79,7 +84,8 @@ inline ImageDataset load_idx_dataset(const std::filesystem::path& dir, std::stri
   for (std::size_t i = 0; i < labels.size(); ++i)
     if (labels[i] >= num_classes)
       throw InputError(labels_path.string() + ": label " + std::to_string(labels[i]) + " at index " +
-                       std::to_string(i) + " is out of range, expected < " + std::to_string(num_classes) + " classes");
+                       std::to_string(i) + " is out of range, expected < " + std::to_string(num_classes) +
+                       " classes");
 
   ImageDataset ds;
   ds.count = images.count;
@@ -107,8 +113,8 @@ inline ImageDataset load_idx_dataset(const std::filesystem::path& dir, std::stri
 ///   resized only when the batch shape changes, so a training step does not allocate,
 ///   and both scalar types are needed because float64 is the test oracle.
 template <class D>
-concept Dataset = requires(const D& d, std::span<const std::int64_t> indices, Eigen::MatrixXf& xf, Eigen::MatrixXd& xd,
-                           std::vector<std::int32_t>& y) {
+concept Dataset = requires(const D& d, std::span<const std::int64_t> indices, Eigen::MatrixXf& xf,
+                           Eigen::MatrixXd& xd, std::vector<std::int32_t>& y) {
   { d.size() } -> std::same_as<std::int64_t>;
   { d.input_dim() } -> std::same_as<std::int64_t>;
   { d.num_classes() } -> std::same_as<int>;
@@ -125,15 +131,18 @@ concept Dataset = requires(const D& d, std::span<const std::int64_t> indices, Ei
 class DatasetView {
  public:
   /// Every sample, in storage order.
-  explicit DatasetView(const ImageDataset& data) : data_(&data), index_(static_cast<std::size_t>(data.count)) {
+  explicit DatasetView(const ImageDataset& data)
+      : data_(&data), index_(static_cast<std::size_t>(data.count)) {
     std::iota(index_.begin(), index_.end(), std::int64_t{0});
   }
   /// The samples `indices` of `data` (storage indices), in that order; repeats allowed.
-  DatasetView(const ImageDataset& data, std::vector<std::int64_t> indices) : data_(&data), index_(std::move(indices)) {
+  DatasetView(const ImageDataset& data, std::vector<std::int64_t> indices)
+      : data_(&data), index_(std::move(indices)) {
     for (std::size_t i = 0; i < index_.size(); ++i)
       if (index_[i] < 0 || index_[i] >= data.count)
-        throw RuntimeError("dataset view: index " + std::to_string(index_[i]) + " at position " + std::to_string(i) +
-                           " is outside a dataset of " + std::to_string(data.count) + " samples");
+        throw RuntimeError("dataset view: index " + std::to_string(index_[i]) + " at position " +
+                           std::to_string(i) + " is outside a dataset of " + std::to_string(data.count) +
+                           " samples");
   }
   explicit DatasetView(const ImageDataset&&) = delete;
   DatasetView(const ImageDataset&&, std::vector<std::int64_t>) = delete;
@@ -173,7 +182,8 @@ class DatasetView {
     y.resize(positions.size());
     for (Eigen::Index j = 0; j < batch; ++j) {
       const std::int64_t s = index(positions[static_cast<std::size_t>(j)]);
-      const std::uint8_t* px = data_->pixels.data() + static_cast<std::size_t>(s) * static_cast<std::size_t>(dim);
+      const std::uint8_t* px =
+          data_->pixels.data() + static_cast<std::size_t>(s) * static_cast<std::size_t>(dim);
       T* col = x.data() + j * dim;  // column j: sample j
       for (Eigen::Index k = 0; k < dim; ++k) col[k] = scale[px[k]];
       y[static_cast<std::size_t>(j)] = data_->labels[static_cast<std::size_t>(s)];
@@ -211,7 +221,8 @@ inline DatasetView subset(const DatasetView& view, std::span<const std::int64_t>
 inline DatasetView limit(const DatasetView& view, std::int64_t n) {
   if (n < 0) throw InputError("sample limit " + std::to_string(n) + " is negative, expected >= 0");
   const auto keep = static_cast<std::ptrdiff_t>(std::min(n, view.size()));
-  return DatasetView(view.data(), std::vector<std::int64_t>(view.indices().begin(), view.indices().begin() + keep));
+  return DatasetView(view.data(),
+                     std::vector<std::int64_t>(view.indices().begin(), view.indices().begin() + keep));
 }
 
 /// Gathers the samples at `positions` of any `Dataset`: `x` is `(input_dim, batch)`,
@@ -283,12 +294,11 @@ inline std::vector<std::int64_t> epoch_order(std::int64_t n, std::uint64_t seed,
 /// Carves `val_count` validation samples out of `data` with a seeded shuffle: returns
 /// (train indices, validation indices), storage indices in ascending order, disjoint,
 /// together covering every sample. `val_count` must lie in `[0, data.count]`.
-inline std::pair<std::vector<std::int64_t>, std::vector<std::int64_t>> split_validation(const ImageDataset& data,
-                                                                                        std::int64_t val_count,
-                                                                                        std::uint64_t seed) {
+inline std::pair<std::vector<std::int64_t>, std::vector<std::int64_t>> split_validation(
+    const ImageDataset& data, std::int64_t val_count, std::uint64_t seed) {
   if (val_count < 0 || val_count > data.count)
-    throw InputError("validation size " + std::to_string(val_count) + " is out of range for a training set of " +
-                     std::to_string(data.count) + " samples");
+    throw InputError("validation size " + std::to_string(val_count) +
+                     " is out of range for a training set of " + std::to_string(data.count) + " samples");
   std::vector<std::int64_t> order(static_cast<std::size_t>(data.count));
   std::iota(order.begin(), order.end(), std::int64_t{0});
   std::mt19937_64 gen(derive_seed(seed, kSplitDomain, static_cast<std::uint64_t>(data.count)));
@@ -317,7 +327,8 @@ struct BatchOptions {
 template <Dataset D>
 class Batcher {
  public:
-  Batcher(const D& data, std::int64_t batch_size, std::uint64_t seed, std::int64_t epoch, BatchOptions options = {})
+  Batcher(const D& data, std::int64_t batch_size, std::uint64_t seed, std::int64_t epoch,
+          BatchOptions options = {})
       : data_(&data), batch_size_(batch_size), epoch_(epoch) {
     if (batch_size <= 0) throw InputError("batch size " + std::to_string(batch_size) + " must be positive");
     if (epoch < 0) throw InputError("epoch " + std::to_string(epoch) + " must be >= 0");
@@ -351,7 +362,8 @@ class Batcher {
 
   /// Gathers batch `b`: `x` is `(input_dim, batch)`, `y` its labels.
   template <class T>
-  void batch(std::int64_t b, Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>& x, std::vector<std::int32_t>& y) const {
+  void batch(std::int64_t b, Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>& x,
+             std::vector<std::int32_t>& y) const {
     data_->gather(indices(b), x, y);  // x: (input_dim, batch)
   }
 

@@ -57,7 +57,8 @@ class IdxReader {
     if (std::filesystem::is_directory(st)) fail("is a directory, expected an IDX file");
     errno = 0;
     file_ = gzopen(name_.c_str(), "rb");
-    if (file_ == nullptr) fail(std::string("cannot open: ") + (errno != 0 ? std::strerror(errno) : "out of memory"));
+    if (file_ == nullptr)
+      fail(std::string("cannot open: ") + (errno != 0 ? std::strerror(errno) : "out of memory"));
     gzbuffer(file_, 1U << 17);
   }
   IdxReader(const IdxReader&) = delete;
@@ -88,7 +89,8 @@ class IdxReader {
   std::uint32_t read_header_word(std::uint64_t offset, std::uint64_t header_bytes) {
     std::array<std::uint8_t, 4> b{};
     read_part(b.data(), offset, 4, header_bytes, "header");
-    return (std::uint32_t{b[0]} << 24) | (std::uint32_t{b[1]} << 16) | (std::uint32_t{b[2]} << 8) | std::uint32_t{b[3]};
+    return (std::uint32_t{b[0]} << 24) | (std::uint32_t{b[1]} << 16) | (std::uint32_t{b[2]} << 8) |
+           std::uint32_t{b[3]};
   }
 
   /// After the last expected byte: no trailing bytes, a complete gzip stream, a clean close.
@@ -138,7 +140,8 @@ class IdxReader {
     const std::string counts = what + " (" + std::to_string(got) + " of " + std::to_string(want) + " bytes)";
     if (errnum == Z_BUF_ERROR) fail("truncated gzip stream: it ends inside the " + counts);
     if (errnum == Z_ERRNO) fail("read error in the " + counts + ": " + std::strerror(errno));
-    if (errnum != Z_OK) fail("corrupt gzip data in the " + counts + ": " + (msg != nullptr ? msg : "unknown"));
+    if (errnum != Z_OK)
+      fail("corrupt gzip data in the " + counts + ": " + (msg != nullptr ? msg : "unknown"));
     fail("truncated: the file ends inside the " + counts);
   }
 
@@ -149,7 +152,8 @@ class IdxReader {
 inline void check_magic(IdxReader& in, std::uint32_t expected, std::uint64_t header_bytes, const char* kind) {
   const std::uint32_t magic = in.read_header_word(0, header_bytes);
   if (magic != expected)
-    in.fail("wrong magic " + hex32(magic) + ", expected " + hex32(expected) + " (IDX " + kind + " of unsigned bytes)");
+    in.fail("wrong magic " + hex32(magic) + ", expected " + hex32(expected) + " (IDX " + kind +
+            " of unsigned bytes)");
 }
 
 /// Deflates `parts` in order into one gzip member written to `sink`.
@@ -223,8 +227,8 @@ inline IdxImages read_idx_images(const std::filesystem::path& path) {
   out.rows = in.read_header_word(8, 16);
   out.cols = in.read_header_word(12, 16);
   if (out.count == 0 || out.rows == 0 || out.cols == 0)
-    in.fail("zero dimension in the header: " + std::to_string(out.count) + " images of " + std::to_string(out.rows) +
-            " x " + std::to_string(out.cols) + " pixels");
+    in.fail("zero dimension in the header: " + std::to_string(out.count) + " images of " +
+            std::to_string(out.rows) + " x " + std::to_string(out.cols) + " pixels");
   if (out.rows * out.cols > kIdxMaxImagePixels)
     in.fail("implausible image size " + std::to_string(out.rows) + " x " + std::to_string(out.cols) +
             " in the header (more than 2^20 pixels)");
@@ -265,7 +269,8 @@ inline void write_idx_images(const std::filesystem::path& path, const IdxImages&
 }
 
 /// Writes an IDX labels file (gzip-compressed or raw) atomically; at least one label.
-inline void write_idx_labels(const std::filesystem::path& path, std::span<const std::uint8_t> labels, bool gzip) {
+inline void write_idx_labels(const std::filesystem::path& path, std::span<const std::uint8_t> labels,
+                             bool gzip) {
   const std::string name = path.string();
   const std::uint32_t count = detail::idx_dim(static_cast<std::int64_t>(labels.size()), name, "label count");
   const std::array<std::uint32_t, 2> header{kIdxLabelsMagic, count};

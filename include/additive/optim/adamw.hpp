@@ -35,8 +35,7 @@ inline void validate(const AdamWConfig& c) {
   if (!(c.eps > 0.0) || !std::isfinite(c.eps))
     fail("eps = " + detail::format_number(c.eps) + ", expected a finite value > 0");
   if (!(c.weight_decay >= 0.0) || !std::isfinite(c.weight_decay))
-    fail("weight_decay = " + detail::format_number(c.weight_decay) +
-         ", expected a finite value >= 0");
+    fail("weight_decay = " + detail::format_number(c.weight_decay) + ", expected a finite value >= 0");
 }
 
 /// State: first moment "m" and second moment "v", both zero before the first step.
@@ -55,8 +54,7 @@ inline void validate(const AdamWConfig& c) {
 template <std::floating_point T>
 class AdamW {
  public:
-  AdamW(ParamLayout layout, AdamWConfig config = {})
-      : layout_(std::move(layout)), config_(config) {
+  AdamW(ParamLayout layout, AdamWConfig config = {}) : layout_(std::move(layout)), config_(config) {
     validate(config_);
     m_.assign(layout_.total(), T(0));
     v_.assign(layout_.total(), T(0));
@@ -96,9 +94,7 @@ class AdamW {
     }
   }
 
-  [[nodiscard]] OptimizerState<T> state() {
-    return {{"m", std::span<T>(m_)}, {"v", std::span<T>(v_)}};
-  }
+  [[nodiscard]] OptimizerState<T> state() { return {{"m", std::span<T>(m_)}, {"v", std::span<T>(v_)}}; }
 
   [[nodiscard]] std::int64_t steps() const noexcept { return steps_; }
   void set_steps(std::int64_t steps) {

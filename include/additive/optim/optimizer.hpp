@@ -62,9 +62,7 @@ inline std::string format_number(double x) {
 template <class T>
 void check_step_args(std::string_view who, const ParamLayout& layout, std::span<T> params,
                      std::span<const T> grads, T lr) {
-  auto fail = [&](const std::string& what) {
-    throw InputError(std::string(who) + ": " + what);
-  };
+  auto fail = [&](const std::string& what) { throw InputError(std::string(who) + ": " + what); };
   if (params.size() != layout.total())
     fail("params has " + std::to_string(params.size()) + " elements, expected the layout's " +
          std::to_string(layout.total()));

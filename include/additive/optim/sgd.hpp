@@ -30,11 +30,9 @@ inline void validate(const SgdConfig& c) {
   auto fail = [](const std::string& what) { throw InputError("SGD: " + what); };
   if (!(c.momentum >= 0.0 && c.momentum < 1.0))
     fail("momentum = " + detail::format_number(c.momentum) + ", expected a value in [0, 1)");
-  if (c.nesterov && c.momentum == 0.0)
-    fail("nesterov = true with momentum = 0, expected momentum > 0");
+  if (c.nesterov && c.momentum == 0.0) fail("nesterov = true with momentum = 0, expected momentum > 0");
   if (!(c.weight_decay >= 0.0) || !std::isfinite(c.weight_decay))
-    fail("weight_decay = " + detail::format_number(c.weight_decay) +
-         ", expected a finite value >= 0");
+    fail("weight_decay = " + detail::format_number(c.weight_decay) + ", expected a finite value >= 0");
 }
 
 /// State: the momentum buffer "momentum". With momentum = 0 there is no buffer and
