@@ -188,6 +188,57 @@ void check_resume(Opt a, Opt b) {
   CHECK(b.steps() == 3);
 }
 
+TEST_CASE("AdamW: bit-identical for 1, 2 and 3 threads over many chunks") {
+  // Tensors larger than one work chunk (32768 elements), uneven sizes, both decay kinds:
+  // a reference loop over the flat buffer written out here, then the optimizer on 1..3
+  // threads; every element must agree bit for bit.
+  ParamLayout layout;
+  layout.add("w", {300, 301}, true);  // 90300 elements: three chunks
+  layout.add("b", {7}, false);
+  layout.add("u", {40000}, true);
+  const std::size_t n = layout.total();
+  std::vector<float> p0(n), g(n);
+  std::uint64_t state = 0x9e3779b97f4a7c15ULL;
+  auto next = [&state] {  // xorshift64*: values in [-1, 1)
+    state ^= state >> 12;
+    state ^= state << 25;
+    state ^= state >> 27;
+    return static_cast<float>(static_cast<double>((state * 0x2545F4914F6CDD1DULL) >> 11) * 0x1.0p-52 - 1.0);
+  };
+  for (std::size_t i = 0; i < n; ++i) {
+    p0[i] = next();
+    g[i] = next();
+  }
+  // Reference: two steps, as the class documents it, in float with double-rounded scalars.
+  std::vector<float> ref = p0, m(n, 0.0f), v(n, 0.0f);
+  const AdamWConfig c{};
+  for (int t = 1; t <= 2; ++t) {
+    const double lr = static_cast<double>(1e-3f);  // the optimizer receives lr as T
+    const auto step_size = static_cast<float>(lr / (1.0 - std::pow(c.beta1, t)));
+    const auto sqrt_bc2 = static_cast<float>(std::sqrt(1.0 - std::pow(c.beta2, t)));
+    const auto decayed = static_cast<float>(1.0 - lr * c.weight_decay);
+    for (const auto& spec : layout.tensors())
+      for (std::size_t i = spec.offset; i < spec.offset + spec.size; ++i) {
+        m[i] = static_cast<float>(c.beta1) * m[i] + static_cast<float>(1.0 - c.beta1) * g[i];
+        v[i] = static_cast<float>(c.beta2) * v[i] + static_cast<float>(1.0 - c.beta2) * g[i] * g[i];
+        ref[i] = ref[i] * (spec.decay ? decayed : 1.0f) -
+                 step_size * (m[i] / (std::sqrt(v[i]) / sqrt_bc2 + static_cast<float>(c.eps)));
+      }
+  }
+  for (int threads = 1; threads <= 3; ++threads) {
+    CAPTURE(threads);
+    AdamW<float> opt(layout, c);
+    opt.set_threads(threads);
+    CHECK(opt.threads() == threads);
+    std::vector<float> p = p0;
+    for (int t = 0; t < 2; ++t) opt.step(std::span<float>(p), std::span<const float>(g), 1e-3f);
+    CHECK(p != p0);
+    std::size_t mismatches = 0;
+    for (std::size_t i = 0; i < n; ++i) mismatches += p[i] != ref[i] ? 1 : 0;
+    CHECK(mismatches == 0);
+  }
+}
+
 TEST_CASE("AdamW: state names, sizes, step counter and resume") {
   AdamW<double> a(two_tensors());
   auto st = a.state();

@@ -5,11 +5,10 @@
 #pragma once
 
 #if defined(_OPENMP) && !defined(EIGEN_DONT_PARALLELIZE)
-#error "additive schedules CPU threads itself: define EIGEN_DONT_PARALLELIZE (the additive::additive target does)"
+#error \
+    "additive schedules CPU threads itself: define EIGEN_DONT_PARALLELIZE (the additive::additive target does)"
 #endif
 
-#include <Eigen/Core>
-#include <unsupported/Eigen/SpecialFunctions>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -17,9 +16,23 @@
 #include <span>
 #include <vector>
 
+#include <Eigen/Core>
+#include <unsupported/Eigen/SpecialFunctions>
+
 #include "additive/core/error.hpp"
 #include "additive/core/view.hpp"
 #include "additive/cpu/parallel.hpp"
+
+// Eigen 3.4's GEMM building blocks (panel packing and the register-blocked kernel) are
+// internal API: use them on the version they were written against, else plain products.
+// Define ADDITIVE_EIGEN_GEBP to 0 to force the plain products.
+#if !defined(ADDITIVE_EIGEN_GEBP)
+#if EIGEN_VERSION_AT_LEAST(3, 4, 0) && !EIGEN_VERSION_AT_LEAST(3, 4, 90)
+#define ADDITIVE_EIGEN_GEBP 1
+#else
+#define ADDITIVE_EIGEN_GEBP 0
+#endif
+#endif
 
 namespace additive::cpu {
 
@@ -41,8 +54,8 @@ template <class T>
 
 /// What the backend has executed; tests use it to prove that skipped work is skipped.
 struct Counters {
-  std::uint64_t gemms = 0;       ///< logical GEMM calls (one per product, however many tasks)
-  double gemm_flops = 0;         ///< 2*M*N*K summed over those calls
+  std::uint64_t gemms = 0;  ///< logical GEMM calls (one per product, however many tasks)
+  double gemm_flops = 0;    ///< 2*M*N*K summed over those calls
   void reset() noexcept { *this = Counters{}; }
 };
 
@@ -61,35 +74,21 @@ class CpuBackend {
   void reset_counters() noexcept { counters_.reset(); }
 
   // ---- GEMM, three shapes. beta is 0 (write) or 1 (accumulate). ----
+  // Tasks over column chunks of C (column_task wide); every element of C is computed by
+  // one task with its whole K reduction, so the result does not depend on the threads.
 
   /// C = alpha * A^T * B + beta * C.  A: (K, M), B: (K, N), C: (M, N). Tasks over N.
   void gemm_tn(MatView<T> c, MatView<const T> a, MatView<const T> b, T alpha, T beta) {
     check_gemm(c, a.cols, b.cols, a.rows, b.rows);
     count(c.rows, c.cols, a.rows);
-    parallel_chunks(threads_, c.cols, column_task, [&](Index j0, Index nj) {
-      auto cc = map(c.cols_range(j0, nj));
-      const auto bb = map(b.cols_range(j0, nj));
-      const auto aa = map(a);
-      if (beta == T(0))
-        cc.noalias() = (alpha * aa.transpose()) * bb;
-      else
-        cc.noalias() += (alpha * aa.transpose()) * bb;
-    });
+    gemm<Eigen::RowMajor, Eigen::ColMajor>(c, a, b, a.rows, alpha, beta);
   }
 
   /// C = alpha * A * B + beta * C.  A: (M, K), B: (K, N), C: (M, N). Tasks over N.
   void gemm_nn(MatView<T> c, MatView<const T> a, MatView<const T> b, T alpha, T beta) {
     check_gemm(c, a.rows, b.cols, a.cols, b.rows);
     count(c.rows, c.cols, a.cols);
-    parallel_chunks(threads_, c.cols, column_task, [&](Index j0, Index nj) {
-      auto cc = map(c.cols_range(j0, nj));
-      const auto bb = map(b.cols_range(j0, nj));
-      const auto aa = map(a);
-      if (beta == T(0))
-        cc.noalias() = (alpha * aa) * bb;
-      else
-        cc.noalias() += (alpha * aa) * bb;
-    });
+    gemm<Eigen::ColMajor, Eigen::ColMajor>(c, a, b, a.cols, alpha, beta);
   }
 
   /// C = alpha * A * B^T + beta * C.  A: (M, K), B: (N, K), C: (M, N). The reduction
@@ -97,15 +96,7 @@ class CpuBackend {
   void gemm_nt(MatView<T> c, MatView<const T> a, MatView<const T> b, T alpha, T beta) {
     check_gemm(c, a.rows, b.rows, a.cols, b.cols);
     count(c.rows, c.cols, a.cols);
-    parallel_chunks(threads_, c.cols, column_task, [&](Index j0, Index nj) {
-      auto cc = map(c.cols_range(j0, nj));
-      const auto bb = map(b.rows_range(j0, nj));
-      const auto aa = map(a);
-      if (beta == T(0))
-        cc.noalias() = (alpha * aa) * bb.transpose();
-      else
-        cc.noalias() += (alpha * aa) * bb.transpose();
-    });
+    gemm<Eigen::ColMajor, Eigen::RowMajor>(c, a, b, a.cols, alpha, beta);
   }
 
   // ---- elementwise and per-sample kernels ----
@@ -115,10 +106,13 @@ class CpuBackend {
   void bias_gelu(MatView<T> u, const T* bias, MatView<T> h) {
     const auto bvec = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(bias, u.rows);
     parallel_chunks(threads_, u.cols, column_task, [&](Index j0, Index nj) {
-      auto uu = map(u.cols_range(j0, nj)).array();
-      auto hh = map(h.cols_range(j0, nj)).array();
-      uu.colwise() += bvec;
-      hh = uu * (T(0.5) * (T(1) + (uu * T(std::numbers::sqrt2_v<T> / 2)).erf()));
+      // Column by column: the second pass reads a column that is still in L1.
+      for (Index j = j0; j < j0 + nj; ++j) {
+        auto uc = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(&u(0, j), u.rows);
+        auto hc = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(&h(0, j), u.rows);
+        uc += bvec;
+        hc = uc * (T(0.5) * (T(1) + (uc * T(std::numbers::sqrt2_v<T> / 2)).erf()));
+      }
     });
   }
 
@@ -130,7 +124,8 @@ class CpuBackend {
       const auto uu = map(u.cols_range(j0, nj)).array();
       const auto gg = map(dh.cols_range(j0, nj)).array();
       auto out = map(du.cols_range(j0, nj)).array();
-      out = gg * (T(0.5) * (T(1) + (uu * inv_sqrt2).erf()) + uu * inv_sqrt2pi * (T(-0.5) * uu.square()).exp());
+      out =
+          gg * (T(0.5) * (T(1) + (uu * inv_sqrt2).erf()) + uu * inv_sqrt2pi * (T(-0.5) * uu.square()).exp());
     });
   }
 
@@ -176,7 +171,8 @@ class CpuBackend {
         g = gy * ww;
         const T g_mean = g.mean();
         const T gx_mean = (g * xhat).mean();
-        Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(&dx(0, j), d) += rstd[j] * (g - g_mean - xhat * gx_mean);
+        Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(&dx(0, j), d) +=
+            rstd[j] * (g - g_mean - xhat * gx_mean);
       }
     });
     for (Index t = 0; t < tasks; ++t)
@@ -196,7 +192,8 @@ class CpuBackend {
       // Column by column, so every element is summed in the same order whatever the
       // alignment of the buffers (Eigen's vectorised rowwise().sum() is not).
       auto acc = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(partial_.data() + t * m.rows, m.rows);
-      for (Index j = j0; j < j0 + nj; ++j) acc += Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(&m(0, j), m.rows);
+      for (Index j = j0; j < j0 + nj; ++j)
+        acc += Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(&m(0, j), m.rows);
     });
     for (Index t = 0; t < tasks; ++t)
       for (Index i = 0; i < m.rows; ++i) out[i] += partial_[static_cast<std::size_t>(t * m.rows + i)];
@@ -206,18 +203,16 @@ class CpuBackend {
   void residual_add(MatView<const T> x, MatView<const T> z, const T* bias, MatView<T> y) {
     const auto bvec = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(bias, x.rows);
     parallel_chunks(threads_, x.cols, column_task, [&](Index j0, Index nj) {
-      auto yy = map(y.cols_range(j0, nj)).array();
-      yy = map(x.cols_range(j0, nj)).array() + map(z.cols_range(j0, nj)).array();
-      yy.colwise() += bvec;
+      map(y.cols_range(j0, nj)).array() =
+          (map(x.cols_range(j0, nj)).array() + map(z.cols_range(j0, nj)).array()).colwise() + bvec;
     });
   }
 
   /// y = x + bias (per row).  (rows, batch).
   void add_bias(MatView<T> y, const T* bias) {
     const auto bvec = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(bias, y.rows);
-    parallel_chunks(threads_, y.cols, column_task, [&](Index j0, Index nj) {
-      map(y.cols_range(j0, nj)).array().colwise() += bvec;
-    });
+    parallel_chunks(threads_, y.cols, column_task,
+                    [&](Index j0, Index nj) { map(y.cols_range(j0, nj)).array().colwise() += bvec; });
   }
 
   /// y = alpha * x (+ y when accumulate).  Same shape.
@@ -265,11 +260,105 @@ class CpuBackend {
   }
 
  private:
+  /// C = alpha * op(A) * op(B) (+ C when beta != 0), C: (M, N), op(A): (M, K) stored
+  /// with LhsOrder and leading dimension a.ld, op(B): (K, N) stored with RhsOrder.
+  ///
+  /// op(A) is packed once into Eigen's GEMM panel format (job 1, tasks over row slices),
+  /// then each column chunk of C packs its own slice of op(B) and runs Eigen's kernel on
+  /// it (job 2): packing work is |A| + |B| instead of one packing of A per column chunk.
+  /// An element of C is computed by one task, over the K blocks in order.
+  template <int LhsOrder, int RhsOrder>
+  void gemm(MatView<T> c, MatView<const T> a, MatView<const T> b, Index k, T alpha, T beta) {
+    const Index m = c.rows;
+    const Index n = c.cols;
+    if (m == 0 || n == 0) return;
+    const bool accumulate = beta != T(0);
+    const Index lda = std::max<Index>(a.ld, 1);
+    const Index ldb = std::max<Index>(b.ld, 1);
+    if (k == 0) {  // an empty sum
+      if (!accumulate) fill(c, T(0));
+      return;
+    }
+#if ADDITIVE_EIGEN_GEBP
+    namespace ei = Eigen::internal;
+    using Traits = ei::gebp_traits<T, T>;
+    using LhsMapper = ei::const_blas_data_mapper<T, Index, LhsOrder>;
+    using RhsMapper = ei::const_blas_data_mapper<T, Index, RhsOrder>;
+    using ResMapper = ei::blas_data_mapper<T, Index, Eigen::ColMajor>;
+    constexpr Index line = 64 / sizeof(T);  // the kernel loads packed panels aligned
+    const auto round_up = [](Index x, Index to) { return (x + to - 1) / to * to; };
+
+    // Depth blocking: Eigen's choice for the product of one task, (M, K) x (K, column_task).
+    Index kc = k, mc = m, nc = std::min(n, column_task);
+    ei::computeProductBlockingSizes<T, T, 1>(kc, mc, nc, Index(1));
+    kc = std::clamp<Index>(kc, 1, k);
+    const Index kblocks = task_count(k, kc);
+    const Index a_block = round_up(m * kc, line);
+    // Row slices of op(A) (about 8) start at multiples of the kernel's panel height, so the
+    // slices packed side by side are laid out exactly as one packing of all M rows.
+    const Index slice = Traits::mr * task_count(task_count(m, Traits::mr), 8);
+    const Index slices = task_count(m, slice);
+    const Index chunks = task_count(n, column_task);
+    const Index b_block = round_up(kc * std::min(n, column_task), line);
+    if (packed_a_.size() < static_cast<std::size_t>(kblocks * a_block))
+      packed_a_.resize(static_cast<std::size_t>(kblocks * a_block));
+    if (packed_b_.size() < static_cast<std::size_t>(chunks * b_block))
+      packed_b_.resize(static_cast<std::size_t>(chunks * b_block));
+    T* const pa = packed_a_.data();
+    T* const pb = packed_b_.data();
+
+    const LhsMapper lhs(a.data, lda);
+    parallel_tasks(threads_, slices * kblocks, [&](Index t) {
+      const Index s = t % slices;
+      const Index kb = t / slices;
+      const Index r0 = s * slice;
+      const Index k0 = kb * kc;
+      const Index depth = std::min(kc, k - k0);
+      ei::gemm_pack_lhs<T, Index, LhsMapper, Traits::mr, Traits::LhsProgress,
+                        typename Traits::LhsPacket4Packing, LhsOrder>
+          pack;
+      pack(pa + kb * a_block + r0 * depth, lhs.getSubMapper(r0, k0), depth, std::min(slice, m - r0));
+    });
+    const RhsMapper rhs(b.data, ldb);
+    parallel_tasks(threads_, chunks, [&](Index t) {
+      const Index j0 = t * column_task;
+      const Index nj = std::min(column_task, n - j0);
+      if (!accumulate)
+        for (Index j = j0; j < j0 + nj; ++j) std::fill_n(c.data + j * c.ld, m, T(0));
+      const ResMapper res(c.data + j0 * c.ld, c.ld);
+      T* const block_b = pb + t * b_block;
+      ei::gemm_pack_rhs<T, Index, RhsMapper, Traits::nr, RhsOrder> pack;
+      ei::gebp_kernel<T, T, Index, ResMapper, Traits::mr, Traits::nr, false, false> kernel;
+      for (Index kb = 0; kb < kblocks; ++kb) {
+        const Index k0 = kb * kc;
+        const Index depth = std::min(kc, k - k0);
+        pack(block_b, rhs.getSubMapper(k0, j0), depth, nj);
+        kernel(res, pa + kb * a_block, block_b, m, depth, nj, alpha);
+      }
+    });
+#else
+    // Portable path: one Eigen product per column chunk (packs op(A) once per chunk).
+    using Lhs = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, LhsOrder>, Eigen::Unaligned,
+                           Eigen::OuterStride<>>;
+    using Rhs = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, RhsOrder>, Eigen::Unaligned,
+                           Eigen::OuterStride<>>;
+    const Lhs aa(a.data, m, k, Eigen::OuterStride<>(lda));
+    const Rhs bb(b.data, k, n, Eigen::OuterStride<>(ldb));
+    parallel_chunks(threads_, n, column_task, [&](Index j0, Index nj) {
+      auto cc = map(c.cols_range(j0, nj));
+      if (accumulate)
+        cc.noalias() += (alpha * aa) * bb.middleCols(j0, nj);
+      else
+        cc.noalias() = (alpha * aa) * bb.middleCols(j0, nj);
+    });
+#endif
+  }
+
   static void check_gemm(MatView<T> c, Index m, Index n, Index k, Index k2) {
     if (c.rows != m || c.cols != n || k != k2)
-      throw RuntimeError("gemm: shapes do not agree (C " + std::to_string(c.rows) + "x" + std::to_string(c.cols) +
-                         ", op(A) " + std::to_string(m) + "x" + std::to_string(k) + ", op(B) " + std::to_string(k2) +
-                         "x" + std::to_string(n) + ")");
+      throw RuntimeError("gemm: shapes do not agree (C " + std::to_string(c.rows) + "x" +
+                         std::to_string(c.cols) + ", op(A) " + std::to_string(m) + "x" + std::to_string(k) +
+                         ", op(B) " + std::to_string(k2) + "x" + std::to_string(n) + ")");
   }
   void count(Index m, Index n, Index k) noexcept {
     ++counters_.gemms;
@@ -278,7 +367,8 @@ class CpuBackend {
 
   int threads_;
   Counters counters_;
-  std::vector<T> partial_;  // per-task partial sums, reused
+  std::vector<T> partial_;                                           // per-task partial sums, reused
+  std::vector<T, Eigen::aligned_allocator<T>> packed_a_, packed_b_;  // GEMM panels, reused
 };
 
 }  // namespace additive::cpu

@@ -2,6 +2,7 @@
 // decoupled weight decay applied only to tensors whose layout entry has `decay = true`.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -13,6 +14,7 @@
 
 #include "additive/core/error.hpp"
 #include "additive/core/params.hpp"
+#include "additive/cpu/parallel.hpp"
 #include "additive/optim/optimizer.hpp"
 
 namespace additive {
@@ -50,7 +52,10 @@ inline void validate(const AdamWConfig& c) {
 /// evaluates it. Bias corrections and the per-step scalars are computed in double and
 /// rounded once to `T`. The element loop is branch-free and purely elementwise, so the
 /// result does not depend on vectorization; GCC and Clang vectorize it only under
-/// -fno-math-errno (otherwise std::sqrt may have to set errno).
+/// -fno-math-errno (otherwise std::sqrt may have to set errno). It is deliberately not
+/// written with Eigen arrays: under EIGEN_FAST_MATH (Eigen's default) the AVX-512 packet
+/// square root is an approximation, and which elements get it depends on alignment
+/// (benchmarks/RESULTS.md, note 4).
 template <std::floating_point T>
 class AdamW {
  public:
@@ -58,6 +63,9 @@ class AdamW {
     validate(config_);
     m_.assign(layout_.total(), T(0));
     v_.assign(layout_.total(), T(0));
+    for (const TensorSpec& spec : layout_.tensors())
+      for (std::size_t first = 0; first < spec.size; first += chunk_elements)
+        chunks_.push_back({spec.offset + first, std::min(chunk_elements, spec.size - first), spec.decay});
   }
 
   void step(std::span<T> params, std::span<const T> grads, T lr) {
@@ -76,14 +84,18 @@ class AdamW {
     const T eps = static_cast<T>(config_.eps);
     const T decayed = static_cast<T>(1.0 - lr_d * config_.weight_decay);
 
-    for (const TensorSpec& spec : layout_.tensors()) {
+    // Fixed chunks (bounds from the layout alone) on up to threads_ threads: every element
+    // sees the same operations whichever thread runs it, so the result is bit-identical
+    // for any thread count.
+    cpu::parallel_tasks(threads_, static_cast<Index>(chunks_.size()), [&](Index task) {
+      const Chunk& c = chunks_[static_cast<std::size_t>(task)];
       // Multiplying by exactly 1 leaves a no-decay tensor bit-identical.
-      const T keep = spec.decay ? decayed : T(1);
-      T* p = params.data() + spec.offset;
-      const T* g = grads.data() + spec.offset;
-      T* m = m_.data() + spec.offset;
-      T* v = v_.data() + spec.offset;
-      for (std::size_t i = 0; i < spec.size; ++i) {
+      const T keep = c.decay ? decayed : T(1);
+      T* p = params.data() + c.offset;
+      const T* g = grads.data() + c.offset;
+      T* m = m_.data() + c.offset;
+      T* v = v_.data() + c.offset;
+      for (std::size_t i = 0; i < c.size; ++i) {
         const T gi = g[i];
         const T mi = b1 * m[i] + one_minus_b1 * gi;
         const T vi = b2 * v[i] + one_minus_b2 * gi * gi;
@@ -91,8 +103,12 @@ class AdamW {
         v[i] = vi;
         p[i] = p[i] * keep - step_size * (mi / (std::sqrt(vi) / sqrt_bc2 + eps));
       }
-    }
+    });
   }
+
+  /// Threads of step() (default 1). Results do not depend on it.
+  void set_threads(int threads) noexcept { threads_ = threads < 1 ? 1 : threads; }
+  [[nodiscard]] int threads() const noexcept { return threads_; }
 
   [[nodiscard]] OptimizerState<T> state() { return {{"m", std::span<T>(m_)}, {"v", std::span<T>(v_)}}; }
 
@@ -107,11 +123,21 @@ class AdamW {
   [[nodiscard]] const AdamWConfig& config() const noexcept { return config_; }
 
  private:
+  /// A piece of one tensor: the unit of work of step().
+  struct Chunk {
+    std::size_t offset = 0;
+    std::size_t size = 0;
+    bool decay = false;
+  };
+  static constexpr std::size_t chunk_elements = 32768;
+
   ParamLayout layout_;
   AdamWConfig config_;
   std::vector<T> m_;  // (layout.total())
   std::vector<T> v_;  // (layout.total())
+  std::vector<Chunk> chunks_;
   std::int64_t steps_ = 0;
+  int threads_ = 1;
 };
 
 }  // namespace additive
