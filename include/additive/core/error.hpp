@@ -20,4 +20,12 @@ class RuntimeError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+/// A failed collective: a rank left or failed, a timeout, ranks that disagree on what to
+/// do, or an error status of MPI (the message then carries MPI_Error_string). Every rank
+/// that cannot complete a collective gets one, so no rank waits forever.
+class CommError : public RuntimeError {
+ public:
+  using RuntimeError::RuntimeError;
+};
+
 }  // namespace additive
