@@ -39,6 +39,25 @@ run_preset() {
 
 run_preset cpu-release
 
+# The CUDA backend: built wherever a CUDA toolkit exists (CI has one but no GPU), so it can
+# never rot unbuilt; its tests run too and skip, with a message, where no device exists.
+# Only the CUDA targets are built here: the CPU ones were built and tested above.
+nvcc_path=$(command -v nvcc || true)
+[ -n "$nvcc_path" ] || { [ -x /usr/local/cuda/bin/nvcc ] && nvcc_path=/usr/local/cuda/bin/nvcc; }
+if [ "${ADDITIVE_SKIP_CUDA:-0}" = "1" ]; then
+  stage "cuda-release skipped: ADDITIVE_SKIP_CUDA=1"
+elif [ -z "$nvcc_path" ]; then
+  stage "cuda-release skipped: no CUDA toolkit (nvcc) on this machine"
+else
+  stage "configure (cuda-release, $nvcc_path)"
+  cmake --preset cuda-release -DCMAKE_CUDA_COMPILER="$nvcc_path" -DADDITIVE_PYTHON="$python"
+  stage "build (cuda-release: CUDA targets only)"
+  cmake --build --preset cuda-release -j2 --target additive_cuda_header_check \
+    $(cd "$root/tests" && ls test_cuda_*.cu 2>/dev/null | sed 's/\.cu$//')
+  stage "test (cuda-release: label cuda; skips without a GPU)"
+  ctest --preset cuda-release -L cuda
+fi
+
 if [ "${ADDITIVE_SKIP_SANITIZE:-0}" = "1" ]; then
   stage "cpu-debug (sanitizers) skipped: ADDITIVE_SKIP_SANITIZE=1"
 else
