@@ -1,0 +1,160 @@
+// All-structure evaluation on shared weights (exp/evaluate_all.hpp): every structure of a
+// family scored on the same random data, one MlpModel forward per structure ("naive")
+// against the prefix-tree plan ("tree"). Float, chunks of 256 samples (both methods; the
+// environment variable ADDITIVE_BENCH_CHUNK sets another size).
+//
+//   search:     MlpFamily<4, 2, merge_only> (64 structures), 784 -> d 128, h 512, 2048 samples
+//   foundation: MlpFamily<4, 2> (256 masks), 784 -> d 256, h 1024, 512 samples
+//
+// Counters: structures/s (whole data set each), flop_ratio = naive GEMM FLOPs / tree GEMM
+// FLOPs (the speedup bound if both ran at the same FLOP rate). After the runs a summary
+// prints the measured speedup and its share of that bound per case and thread count.
+//
+//   bench_evaluate_all [--benchmark_filter=search] [Google Benchmark flags]
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "additive/exp/evaluate_all.hpp"
+
+namespace {
+
+using namespace additive;
+using T = float;
+using SearchFamily = MlpFamily<4, 2, GateLayout::merge_only>;
+using FoundationFamily = MlpFamily<4, 2>;
+
+const MlpConfig search_config{.in_dim = 784, .d = 128, .h = 512, .classes = 10};
+const MlpConfig foundation_config{.in_dim = 784, .d = 256, .h = 1024, .classes = 10};
+
+ImageDataset random_images(std::int64_t count, std::uint64_t seed) {
+  ImageDataset ds;
+  ds.count = count;
+  ds.rows = 28;
+  ds.cols = 28;
+  ds.num_classes = 10;
+  std::mt19937_64 rng(seed);
+  ds.pixels.resize(static_cast<std::size_t>(count * 784));
+  for (auto& p : ds.pixels) p = static_cast<std::uint8_t>(rng() % 256);
+  ds.labels.resize(static_cast<std::size_t>(count));
+  for (auto& l : ds.labels) l = static_cast<std::uint8_t>(rng() % 10);
+  return ds;
+}
+
+/// Samples per chunk for both methods: 256, or the environment variable ADDITIVE_BENCH_CHUNK.
+Index bench_chunk() {
+  const char* env = std::getenv("ADDITIVE_BENCH_CHUNK");
+  return env != nullptr ? Index(std::atol(env)) : Index(256);
+}
+
+// Seconds per evaluation of every run, for the summary: (case, threads, method).
+std::map<std::tuple<std::string, int, int>, std::pair<double, double>> seconds;  // wall, CPU
+std::map<std::string, double> flop_ratio;
+
+template <class F>
+void evaluate_all(benchmark::State& state, const std::string& name, const MlpConfig& config,
+                  std::int64_t samples, EvalMethod method) {
+  const int threads = static_cast<int>(state.range(0));
+  static const ImageDataset images = random_images(2048, 7);
+  const DatasetView data = limit(DatasetView(images), samples);
+  std::vector<T> params(mlp_layout(config, F::blocks).total());
+  init_mlp_params<T>(config, F::blocks, 1, params);
+  std::vector<std::uint64_t> masks(std::size_t{1} << F::gates);
+  for (std::size_t i = 0; i < masks.size(); ++i) masks[i] = i;
+  const EvalAllOptions options{.threads = threads, .chunk = bench_chunk(), .method = method};
+
+  double mean_loss = 0;
+  for (auto _ : state) {
+    const auto results = evaluate_structures<F, T>(config, params, data, masks, options);
+    mean_loss = 0;
+    for (const auto& r : results) mean_loss += r.loss / double(results.size());
+    benchmark::DoNotOptimize(results.data());
+  }
+  const auto flops = evaluate_flops<F>(config, masks);
+  const double ratio = flops.ratio();
+  state.counters["structures/s"] =
+      benchmark::Counter(double(masks.size()) * double(state.iterations()), benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] = benchmark::Counter((method == EvalMethod::naive ? flops.naive : flops.tree) *
+                                                     double(samples) * double(state.iterations()) / 1e9,
+                                                 benchmark::Counter::kIsRate);
+  state.counters["flop_ratio"] = ratio;
+  state.counters["mean_loss"] = mean_loss;
+  flop_ratio[name] = ratio;
+  state.SetLabel(std::to_string(masks.size()) + " structures x " + std::to_string(samples) + " samples");
+}
+
+/// Wall seconds per iteration of every run, kept for the summary.
+class Collector : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const auto& run : runs) {
+      if (run.run_type != Run::RT_Iteration || run.iterations == 0) continue;
+      const std::string full = run.benchmark_name();  // evaluate_all/<case>/<method>/threads:N/...
+      const auto a = full.find('/'), b = full.find('/', a + 1), c = full.find('/', b + 1);
+      const std::string name = full.substr(a + 1, b - a - 1);
+      const std::string method = full.substr(b + 1, c - b - 1);
+      const int threads = std::stoi(full.substr(full.find("threads:") + 8));
+      seconds[{name, threads, method == "naive" ? 0 : 1}] = {
+          run.real_accumulated_time / double(run.iterations),
+          run.cpu_accumulated_time / double(run.iterations)};
+    }
+    ConsoleReporter::ReportRuns(runs);
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  struct Case {
+    std::string name;
+    std::int64_t samples;
+    void (*fn)(benchmark::State&, const std::string&, const MlpConfig&, std::int64_t, EvalMethod);
+    const MlpConfig* config;
+  };
+  const std::vector<Case> cases = {
+      {"search", 2048, &evaluate_all<SearchFamily>, &search_config},
+      {"foundation", 512, &evaluate_all<FoundationFamily>, &foundation_config},
+  };
+  for (const auto& c : cases)
+    for (const auto method : {EvalMethod::naive, EvalMethod::prefix_tree}) {
+      const std::string mname = method == EvalMethod::naive ? "naive" : "tree";
+      benchmark::RegisterBenchmark(
+          ("evaluate_all/" + c.name + "/" + mname).c_str(),
+          [c, method](benchmark::State& s) { c.fn(s, c.name, *c.config, c.samples, method); })
+          ->ArgName("threads")
+          ->ArgsProduct({{1, 2}})
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime()
+          ->MeasureProcessCPUTime()
+          ->MinTime(method == EvalMethod::naive ? 0.5 : 1.0);
+    }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  Collector reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+
+  // Speedup by wall time, and by process CPU time (what counts on a shared machine).
+  std::printf("\n%-12s %7s %10s %10s %8s %12s %12s %8s %10s %9s\n", "case", "threads", "naive ms", "tree ms",
+              "speedup", "naive cpu ms", "tree cpu ms", "cpu x", "flop ratio", "of bound");
+  for (const auto& [key, naive] : seconds) {
+    const auto& [name, threads, method] = key;
+    if (method != 0) continue;
+    const auto it = seconds.find({name, threads, 1});
+    if (it == seconds.end()) continue;
+    const auto [tree_wall, tree_cpu] = it->second;
+    const double bound = flop_ratio[name];
+    std::printf("%-12s %7d %10.1f %10.1f %8.2f %12.1f %12.1f %8.2f %10.2f %4.0f/%3.0f%%\n", name.c_str(),
+                threads, naive.first * 1e3, tree_wall * 1e3, naive.first / tree_wall, naive.second * 1e3,
+                tree_cpu * 1e3, naive.second / tree_cpu, bound, 100 * naive.first / tree_wall / bound,
+                100 * naive.second / tree_cpu / bound);
+  }
+  return 0;
+}
