@@ -5,6 +5,11 @@
 // Position in the run is the step count alone: step s is batch s % B of epoch s / B, and
 // the order of epoch e is drawn from a seed the trainer's RNG gives at the epoch's start
 // (saved in the checkpoint with the RNG), so nothing has to be replayed on resume.
+//
+// Stochastic gating (experiment 3, GatingOptions): each step draws its structure (one
+// per batch, or one per sample) from a generator seeded by (seed, step) alone, so the
+// draws need no saved state either, and the data order and initial weights are those of
+// the ungated run with the same seed. See docs/stochastic-gating.md.
 #pragma once
 
 #include <fmt/format.h>
@@ -13,6 +18,8 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
+#include <memory>
 #include <optional>
 #include <random>
 #include <string>
@@ -24,6 +31,7 @@
 #include "additive/core/error.hpp"
 #include "additive/core/structure.hpp"
 #include "additive/cpu/mlp_model.hpp"
+#include "additive/cpu/per_sample.hpp"
 #include "additive/data/dataset.hpp"
 #include "additive/exp/progress.hpp"
 #include "additive/io/checkpoint.hpp"
@@ -75,6 +83,52 @@ inline void to_json(nlohmann::json& j, const TrainOptions& o) {
                      {"seed", o.seed}};
 }
 
+/// Stochastic gating: every gate is kept (active) independently with probability p_t,
+/// drawn afresh each step (per_sample = false: one structure per batch) or for each
+/// sample of each step (per_sample = true). p_t goes linearly from p (step 0) to p_end
+/// (the last step), one value per step; without p_end it stays p.
+struct GatingOptions {
+  double p = 1.0;
+  std::optional<double> p_end{};
+  bool per_sample = false;
+
+  void validate() const {
+    auto check = [](const char* name, double v) {
+      if (!(v > 0 && v <= 1))
+        throw InputError(fmt::format("gating: {} must be a keep-probability in (0, 1], got {}", name, v));
+    };
+    check("p", p);
+    if (p_end) check("p_end", *p_end);
+  }
+
+  /// Keep-probability of step `step` of `total`.
+  [[nodiscard]] double at(std::int64_t step, std::int64_t total) const noexcept {
+    if (!p_end || total <= 1) return p;
+    return p + (*p_end - p) * (double(step) / double(total - 1));
+  }
+};
+
+inline void to_json(nlohmann::json& j, const GatingOptions& o) {
+  j = nlohmann::json{{"p", o.p},
+                     {"p_end", o.p_end ? nlohmann::json(*o.p_end) : nlohmann::json(nullptr)},
+                     {"per_sample", o.per_sample}};
+}
+
+/// The seed of the gate draws of step `step` of a run with training seed `seed`.
+constexpr std::uint64_t gate_seed(std::uint64_t seed, std::int64_t step) noexcept {
+  return derive_seed(seed, 0x6761746573ULL /* "gates" */, static_cast<std::uint64_t>(step));
+}
+
+/// A mask whose gates are each kept with probability p: gate i is active when the i-th
+/// uniform draw u in [0, 1) (53 bits) is below p, so p = 1 keeps every gate.
+template <class M>
+M draw_mask(std::mt19937_64& rng, double p) {
+  std::uint64_t bits = 0;
+  for (int i = 0; i < M::size; ++i)
+    if (static_cast<double>(rng() >> 11) * 0x1.0p-53 < p) bits |= std::uint64_t{1} << i;
+  return M(bits);
+}
+
 /// How a run executes; none of it changes the numbers.
 struct RunOptions {
   int threads = 1;
@@ -117,18 +171,29 @@ class Trainer {
  public:
   using mask_type = typename F::mask_type;
 
+  /// With `gating`, the training steps draw their structures (see GatingOptions) and
+  /// `mask` is the structure the per-epoch validation evaluates.
   Trainer(const MlpConfig& model_config, mask_type mask, const TrainOptions& train,
-          const RunOptions& run = {})
+          const RunOptions& run = {}, std::optional<GatingOptions> gating = std::nullopt)
       : model_config_(model_config),
         mask_(mask),
         train_(train),
         run_(run),
-        model_((train.validate(), model_config), run.threads),
+        gating_(gating),
+        model_((train.validate(), gating ? gating->validate() : void(), model_config), run.threads),
         params_(model_.layout().total()),
         grads_(model_.layout().total()),
         optimizer_(make_optimizer(model_.layout(), train)),
         rng_(derive_seed(train.seed, kTrainDomain, 0)) {
     init_mlp_params<T>(model_config_, F::blocks, training_init_seed(train.seed), params_);
+    // The optimizer step runs on the model's threads too (results do not depend on it).
+    std::visit(
+        [&](auto& opt) {
+          if constexpr (requires { opt.set_threads(1); }) opt.set_threads(run.threads);
+        },
+        optimizer_);
+    if (gating_ && gating_->per_sample)
+      per_sample_ = std::make_unique<cpu::PerSampleMlp<F, T>>(model_config_, run.threads);
   }
 
   [[nodiscard]] std::span<T> params() noexcept { return params_; }
@@ -171,11 +236,14 @@ class Trainer {
       for (std::int64_t b = step_ % per_epoch; b < per_epoch; ++b) {
         batches.batch(b, x, y);
         const MatView<const T> xv(x.data(), x.rows(), x.cols());
-        const T loss = model_.forward(mask_, params_, xv, y);
+        const T loss = forward_step(xv, y, total);
         if (!std::isfinite(static_cast<double>(loss)))
           throw InputError(
               fmt::format("training diverged: loss is {} at step {} (lower --lr?)", double(loss), step_));
-        model_.backward(params_, grads_);
+        if (per_sample_step_)
+          per_sample_->backward(params_, grads_);
+        else
+          model_.backward(params_, grads_);
         std::visit([&](auto& opt) { opt.step(params_, grads_, static_cast<T>(schedule.lr(step_))); },
                    optimizer_);
         epoch_loss_sum_ += double(loss);
@@ -271,6 +339,12 @@ class Trainer {
     const auto expected = metadata();
     for (const char* key : {"family", "model", "mask"})
       if (need(key) != expected.at(key)) mismatch(key, need(key), expected.at(key));
+    const auto file_gating = meta.find("gating");
+    const auto now_gating = expected.find("gating");
+    const std::string off = "none";
+    const auto& gating_there = file_gating == meta.end() ? off : file_gating->second;
+    const auto& gating_now = now_gating == expected.end() ? off : now_gating->second;
+    if (gating_there != gating_now) mismatch("gating", gating_there, gating_now);
     if (need("train") != expected.at("train"))
       mismatch("training options", need("train"), expected.at("train"));
     const auto parse_u64 = [&](const char* key) {
@@ -299,6 +373,19 @@ class Trainer {
  private:
   static constexpr std::uint64_t kTrainDomain = 0x747261696EULL;  // "train"
 
+  /// The forward pass of one training step: the fixed structure, or the drawn ones.
+  T forward_step(MatView<const T> xv, std::span<const std::int32_t> y, std::int64_t total) {
+    per_sample_step_ = false;
+    if (!gating_) return model_.forward(mask_, params_, xv, y);
+    std::mt19937_64 gen(gate_seed(train_.seed, step_));
+    const double p = gating_->at(step_, total);
+    if (!gating_->per_sample) return model_.forward(draw_mask<mask_type>(gen, p), params_, xv, y);
+    sample_masks_.resize(static_cast<std::size_t>(xv.cols));
+    for (auto& m : sample_masks_) m = draw_mask<mask_type>(gen, p);
+    per_sample_step_ = true;
+    return per_sample_->forward(sample_masks_, params_, xv, y);
+  }
+
   using AnyOptimizer = std::variant<AdamW<T>, Sgd<T>>;
 
   static AnyOptimizer make_optimizer(const ParamLayout& layout, const TrainOptions& o) {
@@ -313,6 +400,12 @@ class Trainer {
   }
 
   std::map<std::string, std::string> metadata() const {
+    auto meta = base_metadata();
+    if (gating_) meta["gating"] = nlohmann::json(*gating_).dump();
+    return meta;
+  }
+
+  std::map<std::string, std::string> base_metadata() const {
     return {{"step", std::to_string(step_)},
             {"epoch", std::to_string(per_epoch_ > 0 ? step_ / per_epoch_ : 0)},  // completed epochs
             {"rng", rng_to_string(rng_)},
@@ -329,7 +422,11 @@ class Trainer {
   mask_type mask_;
   TrainOptions train_;
   RunOptions run_;
+  std::optional<GatingOptions> gating_;
   cpu::MlpModel<F, T> model_;
+  std::unique_ptr<cpu::PerSampleMlp<F, T>> per_sample_;
+  std::vector<mask_type> sample_masks_;
+  bool per_sample_step_ = false;
   std::vector<T> params_, grads_;
   AnyOptimizer optimizer_;
   std::mt19937_64 rng_;

@@ -1,0 +1,167 @@
+// stochastic: experiment 3. Trains one shared weight set of a sharded MLP family on
+// Fashion-MNIST with stochastic gating (each gate kept with probability p, per batch or
+// per sample, optionally on a linear schedule to --p-end), then evaluates every structure
+// on the shared weights and sets their accuracies next to the dense structure trained
+// alone and, with --search-results, next to the search's per-structure results. Writes
+// stochastic.json, stochastic.csv and stochastic.svg into --out.
+#include "additive/exp/stochastic.hpp"
+
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <limits>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "additive/additive.hpp"
+
+#include "flags.hpp"
+
+namespace {
+
+using additive::flags::big;
+using additive::flags::within;
+
+using namespace additive;
+
+struct Flags {
+  std::string family = "default";
+  std::string out = "stochastic-out";
+  std::string data = default_data_dir().string();
+  std::string search_results;
+  std::int64_t val = 5000;
+  std::int64_t limit = 12000;
+  std::int64_t d = 128;
+  std::int64_t h = 512;
+  std::int64_t seed = 0;
+  std::int64_t sample_seed = 0;
+  double p = 0.5;
+  double p_end = -1;  ///< < 0: no schedule
+  bool per_sample = false;
+  bool no_dense = false;
+  bool quiet = false;
+};
+
+template <class F>
+int run(const Flags& f, TrainOptions train, StochasticOptions options) {
+  train.seed = static_cast<std::uint64_t>(f.seed);
+  options.gating = GatingOptions{.p = f.p, .p_end = std::nullopt, .per_sample = f.per_sample};
+  if (f.p_end >= 0) options.gating.p_end = f.p_end;
+  options.sample_seed = static_cast<std::uint64_t>(f.sample_seed);
+  options.dense_baseline = !f.no_dense;
+  options.progress = !f.quiet;
+  const MlpConfig model{.in_dim = 784, .d = f.d, .h = f.h, .classes = 10};
+  StochasticGating<F> engine(model, train, options);
+
+  // Check the search results before loading data or training: a bad file fails at once.
+  if (!f.search_results.empty()) (void)load_search_accuracies(f.search_results, F::describe());
+
+  const ImageDataset train_set = load_idx_dataset(f.data, "train");
+  if (train_set.input_dim() != model.in_dim)
+    throw InputError(
+        fmt::format("{}: images are {}x{}, the model expects 28x28", f.data, train_set.rows, train_set.cols));
+  if (f.val < 1 || f.val >= train_set.count)
+    throw InputError(fmt::format("--val {} must be in [1, {})", f.val, train_set.count));
+  auto [train_idx, val_idx] = split_validation(train_set, f.val, train.seed);
+  DatasetView train_view = subset(train_set, std::move(train_idx));
+  if (f.limit > 0) train_view = limit(train_view, f.limit);
+  const DatasetView val_view = subset(train_set, std::move(val_idx));
+
+  const std::filesystem::path out(f.out);
+  std::filesystem::create_directories(out);
+
+  std::printf("family %s: %llu structures, %zu evaluated\n", F::describe().c_str(),
+              static_cast<unsigned long long>(F::mask_type::count), engine.structures().size());
+  std::printf(
+      "gating: p %g%s, %s  |  data %s: %lld train%s, %lld validation  |  d %lld, h %lld  |  %lld epochs, "
+      "batch "
+      "%lld, lr %g, threads %d\n",
+      f.p, f.p_end >= 0 ? fmt::format(" -> {} (linear per step)", f.p_end).c_str() : "",
+      f.per_sample ? "per sample" : "per batch", f.data.c_str(), static_cast<long long>(train_view.size()),
+      f.limit > 0 ? " (--limit; 0 for all)" : "", static_cast<long long>(val_view.size()),
+      static_cast<long long>(f.d), static_cast<long long>(f.h), static_cast<long long>(train.epochs),
+      static_cast<long long>(train.batch), train.lr, options.threads);
+  std::fflush(stdout);
+
+  const auto report = engine.run(train_view, val_view, f.search_results);
+  std::printf("\ngated training %.1f s (%.0f samples/s), evaluation %.1f s%s\n\n%s", report.train_seconds,
+              report.samples_per_second, report.eval_seconds,
+              report.dense_alone ? fmt::format(", dense alone {:.1f} s", report.dense_seconds).c_str() : "",
+              stochastic_text(report).c_str());
+  write_stochastic_outputs(out, report);
+  std::printf("\nwrote %s, stochastic.csv, stochastic.svg\n", (out / "stochastic.json").string().c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "Stochastic gating: train one shared weight set with random structures, then evaluate them all."};
+  Flags f;
+  TrainOptions train{.epochs = 1, .batch = 128, .lr = 2e-3};
+  StochasticOptions options{.threads = cpu::hardware_threads()};
+  app.add_option(
+         "--family", f.family,
+         "default: S=4 L=2 merge gates (64 structures); branch: merge and residual gates (256 structures)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"default", "branch"}));
+  app.add_option("--p", f.p, "keep-probability of each gate, in (0, 1]")
+      ->capture_default_str()
+      ->check(within(0.0, 1.0));
+  app.add_option("--p-end", f.p_end, "schedule: p goes linearly (per step) from --p to this value, in (0, 1]")
+      ->check(within(0.0, 1.0));
+  app.add_flag("--per-sample", f.per_sample, "draw a structure for every sample (default: one per batch)");
+  app.add_option("--search-results", f.search_results,
+                 "results.json of a finished search of the same family: compare per structure");
+  app.add_flag("--no-dense-baseline", f.no_dense, "do not train the dense structure alone for comparison");
+  app.add_option("--sample", options.sample,
+                 "evaluate a seeded sample of this many structures instead of all")
+      ->check(within<std::int64_t>(1, big));
+  app.add_option("--sample-seed", f.sample_seed, "seed of the sample")->check(within<std::int64_t>(0, big));
+  app.add_option("--threads", options.threads, "threads (results do not depend on it)")
+      ->capture_default_str()
+      ->check(within(1, 1024));
+  app.add_option("--out", f.out, "directory for stochastic.json, stochastic.csv, stochastic.svg")
+      ->capture_default_str();
+  app.add_option("--epochs", train.epochs, "epochs")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(1, 1000000));
+  app.add_option("--lr", train.lr, "peak learning rate")->capture_default_str()->check(within(1e-12, 1e3));
+  app.add_option("--batch", train.batch, "batch size")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(1, 1000000));
+  app.add_option("--seed", f.seed, "seed: initial weights, validation split, data order, gate draws")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(0, std::numeric_limits<std::int64_t>::max()));
+  app.add_option("--data", f.data, "directory of IDX files")->capture_default_str();
+  app.add_option("--val", f.val, "validation samples carved from the training set")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(1, big));
+  app.add_option("--limit", f.limit, "training samples used (0: all)")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(0, big));
+  app.add_option("--d", f.d, "model width")->capture_default_str()->check(within<std::int64_t>(1, 65536));
+  app.add_option("--h", f.h, "hidden width, a multiple of the 4 shards")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(4, 1 << 20))
+      ->check(additive::flags::multiple_of(4));
+  app.add_flag("--quiet", f.quiet, "no progress bars");
+  if (const int code = additive::flags::parse(app, argc, argv); code >= 0) return code;
+  try {
+    // within() admits 0; a keep-probability of 0 would train nothing.
+    if (!(f.p > 0)) throw InputError(fmt::format("--p {} must be a keep-probability in (0, 1]", f.p));
+    if (app.count("--p-end") > 0 && !(f.p_end > 0))
+      throw InputError(fmt::format("--p-end {} must be a keep-probability in (0, 1]", f.p_end));
+    if (f.family == "branch") return run<MlpFamily<4, 2>>(f, train, options);
+    return run<MlpFamily<4, 2, GateLayout::merge_only>>(f, train, options);
+  } catch (const InputError& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "internal error: %s\n", e.what());
+    return 1;
+  }
+}
