@@ -22,7 +22,6 @@ namespace {
 
 using additive::flags::big;
 using additive::flags::within;
-using additive::flags::writable_path;
 
 using namespace additive;
 
@@ -68,7 +67,8 @@ int run(Flags f, TrainOptions train, SearchOptions search) {
   const DatasetView val_view = subset(train_set, std::move(val_idx));
 
   const std::filesystem::path out(f.out);
-  std::filesystem::create_directories(out);
+  // A resumed search needs its directory already; a failed resume must not create one.
+  if (!f.resume) std::filesystem::create_directories(out);
   const auto results = out / "results.json";
   if (!f.resume && std::filesystem::exists(results))
     throw InputError(fmt::format("{} exists: pass --resume to continue that search, or choose another --out",
@@ -95,6 +95,11 @@ int run(Flags f, TrainOptions train, SearchOptions search) {
       "%lld structures, %lld distinct functions trained\n\n%s", static_cast<long long>(report.candidates),
       static_cast<long long>(report.trained),
       leaderboard_text(report, static_cast<std::size_t>(std::max<std::int64_t>(search.top_k, 10))).c_str());
+  if (engine.runs_trained() > 0 && engine.training_seconds() > 0)
+    std::printf("trained %lld runs, %lld structure-epochs in %.1f s: %.1f structure-epochs/min (%d workers)\n",
+                static_cast<long long>(engine.runs_trained()), static_cast<long long>(engine.epochs_trained()),
+                engine.training_seconds(),
+                60.0 * static_cast<double>(engine.epochs_trained()) / engine.training_seconds(), search.workers);
   write_results_csv(out / "results.csv", report);
   write_topk_json(out / "topk.json", report);
   write_report_svg(out / "report.svg", report);

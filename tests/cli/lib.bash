@@ -60,7 +60,8 @@ guarded_dirs() {
   local prev="" arg
   for arg in "$@"; do
     case "$prev" in
-      --checkpoint | --resume) dirname -- "$arg" ;;
+      # (a following flag means --resume is a switch, as in search, not a path)
+      --checkpoint | --resume) [[ "$arg" == -* ]] || dirname -- "$arg" ;;
     esac
     case "$arg" in
       --checkpoint=* | --resume=*) dirname -- "${arg#*=}" ;;

@@ -46,6 +46,7 @@ expect_input_error "existing results without --resume" "results.json exists" "--
 expect_input_error "--sample 0" "sample" "empty" -- "$SEARCH" "${S[@]}" --sample 0 --out "$WORK/s0"
 expect_input_error "--sample beyond the family" "sample of 65 structures" -- "$SEARCH" "${S[@]}" --sample 65 --out "$WORK/s65"
 expect_input_error "--resume without a results file" "cannot be read" -- "$SEARCH" "${S[@]}" --resume --out "$WORK/none"
+check "a failed resume creates no --out directory" -- test ! -e "$WORK/none"
 mkdir -p "$WORK/garbage" && echo "{ not json" >"$WORK/garbage/results.json"
 expect_input_error "--resume from a corrupt results file" "not a search results file" -- \
   "$SEARCH" "${S[@]}" --resume --out "$WORK/garbage"

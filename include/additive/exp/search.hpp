@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <exception>
@@ -186,6 +187,11 @@ class StructureSearch {
 
   /// Training runs this object has executed (not counting those a resume found done).
   [[nodiscard]] std::int64_t runs_trained() const noexcept { return runs_trained_; }
+  /// Epochs trained by this object (runs_trained() weighted by each run's epochs): with
+  /// training_seconds(), the search throughput in structure-epochs per unit of time.
+  [[nodiscard]] std::int64_t epochs_trained() const noexcept { return epochs_trained_; }
+  /// Wall time spent training (the worker pools of run(), not the equivalence probes).
+  [[nodiscard]] double training_seconds() const noexcept { return training_seconds_; }
 
   /// Runs the search. `results`: the results file (empty: none); with `resume` its runs
   /// are kept and only the missing ones trained. `data_identity` names the data (sizes,
@@ -287,6 +293,7 @@ class StructureSearch {
           const std::lock_guard lock(mutex);
           runs_[{rec.phase, rec.mask, rec.seed}] = rec;
           ++runs_trained_;
+          epochs_trained_ += todo[i].epochs;
           if (!results.empty()) save(results, settings_json, groups, nullptr);
           bar.update(++done, fmt::format("last {} {:.2f}%", F::to_string(mask_type(rec.mask)),
                                          100 * rec.val_accuracy));
@@ -298,11 +305,13 @@ class StructureSearch {
       }
     };
     const int n = std::max(1, std::min<int>(options_.workers, static_cast<int>(todo.size())));
+    const auto t0 = ProgressBar::Clock::now();
     {
       std::vector<std::jthread> threads;
       for (int t = 1; t < n; ++t) threads.emplace_back(worker);
       worker();
     }
+    training_seconds_ += std::chrono::duration<double>(ProgressBar::Clock::now() - t0).count();
     if (failure) std::rethrow_exception(failure);
   }
 
@@ -405,6 +414,8 @@ class StructureSearch {
   SearchOptions options_;
   std::map<RunKey, RunRecord> runs_;
   std::int64_t runs_trained_ = 0;
+  std::int64_t epochs_trained_ = 0;
+  double training_seconds_ = 0;
 };
 
 }  // namespace additive
