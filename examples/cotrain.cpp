@@ -1,0 +1,434 @@
+// cotrain: experiment 2. Co-trains K structures (the top of a search's topk.json, or
+// --masks) on one shared weight set: one rank per structure (threads by default, or the
+// ranks of mpirun), gradients averaged every step (or local SGD with an outer Nesterov
+// step every H steps). Then every co-trained structure, and every structure of the
+// family, is evaluated on the shared weights next to its accuracy trained alone (from the
+// search's results), and cotrain.json, structures.csv and all_structures.csv are written
+// to --out. See docs/cotraining.md.
+#include "additive/exp/cotrain.hpp"
+
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <optional>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "additive/additive.hpp"
+#include "additive/dist/thread_comm.hpp"
+#include "additive/exp/evaluate_all.hpp"
+#include "additive/exp/report.hpp"
+#include "additive/io/atomic_file.hpp"
+#ifdef ADDITIVE_HAS_MPI
+#include "additive/dist/mpi_comm.hpp"
+#endif
+
+#include "flags.hpp"
+
+namespace {
+
+using additive::flags::big;
+using additive::flags::within;
+
+using namespace additive;
+using Scalar = float;
+
+struct Flags {
+  std::string family = "default";
+  std::string topk;
+  std::string masks;
+  std::int64_t top = 0;
+  int workers = 0;
+  bool mpi = false;
+  std::string out = "cotrain-out";
+  std::string data = default_data_dir().string();
+  std::int64_t val = 5000;
+  std::int64_t limit = 12000;
+  std::int64_t d = 128;
+  std::int64_t h = 512;
+  std::int64_t seed = 0;
+  bool quiet = false;
+};
+
+nlohmann::json read_json(const std::filesystem::path& path, const char* what) {
+  std::ifstream in(path);
+  if (!in) throw InputError(fmt::format("cannot open {} '{}'", what, path.string()));
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(fmt::format("{} '{}' is not valid JSON", what, path.string()));
+  }
+}
+
+/// The structures to co-train and, where known, each one's accuracy trained alone.
+struct Plan {
+  std::vector<std::uint64_t> masks;
+  std::map<std::uint64_t, double> solo;  ///< mask (and its equivalents) -> search accuracy
+  std::string solo_source;
+};
+
+template <class F>
+Plan make_plan(const Flags& f) {
+  Plan plan;
+  const std::uint64_t limit = std::uint64_t{1} << F::gates;
+  if (!f.masks.empty()) {
+    std::size_t pos = 0;
+    const std::string& s = f.masks;
+    while (pos <= s.size()) {
+      const auto comma = std::min(s.find(',', pos), s.size());
+      const std::string item = s.substr(pos, comma - pos);
+      std::size_t used = 0;
+      std::uint64_t m = 0;
+      try {
+        m = std::stoull(item, &used, 0);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (item.empty() || used != item.size())
+        throw InputError(fmt::format("--masks: '{}' is not a mask (e.g. 0x3f)", item));
+      if (m >= limit)
+        throw InputError(
+            fmt::format("--masks: {} has bits beyond the {} gates of the family", item, F::gates));
+      plan.masks.push_back(m);
+      pos = comma + 1;
+    }
+  } else {
+    const std::filesystem::path path(f.topk);
+    const auto j = read_json(path, "topk file");
+    try {
+      const auto family = j.at("family").get<std::string>();
+      if (family != F::describe())
+        throw InputError(fmt::format("topk file '{}' is for family {}, --family {} is {}", path.string(),
+                                     family, f.family, F::describe()));
+      for (const auto& e : j.at("structures")) {
+        const auto m = e.at("mask").get<std::uint64_t>();
+        if (m >= limit)
+          throw InputError(fmt::format("topk file '{}': mask {:#x} is not of the family", path.string(), m));
+        plan.masks.push_back(m);
+        if (e.contains("val_accuracy") && e.at("val_accuracy").is_number())
+          plan.solo[m] = e.at("val_accuracy").get<double>();
+      }
+    } catch (const nlohmann::json::exception&) {
+      throw InputError(
+          fmt::format("topk file '{}' lacks 'family' or 'structures' with masks", path.string()));
+    }
+    if (plan.masks.empty())
+      throw InputError(fmt::format("topk file '{}' lists no structures", path.string()));
+    plan.solo_source = path.string();
+    // Every structure's accuracy alone, from the search's results.json next to it.
+    const auto results = path.parent_path() / "results.json";
+    if (std::filesystem::exists(results)) {
+      const auto r = read_json(results, "search results");
+      if (r.contains("report") && r["report"].is_object() && r["report"].contains("entries")) {
+        for (const auto& e : r["report"]["entries"]) {
+          if (!e.contains("mask") || !e.contains("acc_mean") || !e["acc_mean"].is_number()) continue;
+          const double acc = e["acc_mean"].get<double>();
+          plan.solo[e["mask"].get<std::uint64_t>()] = acc;
+          if (e.contains("equivalent"))
+            for (const auto& q : e["equivalent"]) plan.solo[q.get<std::uint64_t>()] = acc;
+        }
+        plan.solo_source = results.string();
+      }
+    }
+  }
+  if (f.top > 0 && static_cast<std::size_t>(f.top) < plan.masks.size())
+    plan.masks.resize(static_cast<std::size_t>(f.top));
+  if (plan.masks.empty()) throw InputError("no structures to co-train");
+  return plan;
+}
+
+nlohmann::json solo_of(const Plan& plan, std::uint64_t mask) {
+  const auto it = plan.solo.find(mask);
+  return it == plan.solo.end() ? nlohmann::json(nullptr) : nlohmann::json(it->second);
+}
+
+/// What every rank needs; built identically on each.
+struct Setup {
+  MlpConfig model;
+  TrainOptions train;
+  CoTrainOptions co;
+};
+
+/// Rank 0's report: evaluation on the shared weights and the files.
+template <class F>
+int report(const Flags& f, const Plan& plan, const Setup& s, int workers, const DatasetView& train_view,
+           const DatasetView& val_view, std::span<const Scalar> params, const CoTrainResult& result) {
+  const int threads = std::max(1, cpu::hardware_threads());
+  const auto own = evaluate_structures<F, Scalar>(
+      s.model, params, val_view, plan.masks, EvalAllOptions{.threads = threads, .method = EvalMethod::naive});
+  std::vector<std::uint64_t> all(std::size_t{1} << F::gates);
+  for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
+  const auto every = evaluate_structures<F, Scalar>(
+      s.model, params, val_view, all, EvalAllOptions{.threads = threads, .show_progress = !f.quiet});
+
+  const auto n_params = static_cast<std::int64_t>(params.size());
+  const std::int64_t sync_bytes = result.steps * n_params * static_cast<std::int64_t>(sizeof(Scalar));
+  nlohmann::json structures = nlohmann::json::array();
+  std::string csv = "mask,structure,cotrained_accuracy,cotrained_loss,solo_accuracy\n";
+  std::printf("\n%-8s %-28s %10s %10s\n", "mask", "structure", "co-trained", "alone");
+  for (std::size_t i = 0; i < plan.masks.size(); ++i) {
+    const auto m = plan.masks[i];
+    const auto name = F::to_string(typename F::mask_type(m));
+    const auto solo = solo_of(plan, m);
+    structures.push_back({{"mask", m},
+                          {"mask_hex", fmt::format("{:#x}", m)},
+                          {"structure", name},
+                          {"cotrained_accuracy", own[i].accuracy},
+                          {"cotrained_loss", own[i].loss},
+                          {"solo_accuracy", solo}});
+    csv += fmt::format("{:#x},\"{}\",{},{},{}\n", m, name, own[i].accuracy, own[i].loss,
+                       solo.is_null() ? std::string() : fmt::format("{}", solo.get<double>()));
+    std::printf("%-8s %-28s %10.4f %10s\n", fmt::format("{:#x}", m).c_str(), name.c_str(), own[i].accuracy,
+                solo.is_null() ? "-" : fmt::format("{:.4f}", solo.get<double>()).c_str());
+  }
+  nlohmann::json all_json = nlohmann::json::array();
+  std::string all_csv = "mask,structure,cotrained,accuracy,loss,solo_accuracy\n";
+  double best = -1;
+  std::uint64_t best_mask = 0;
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    const bool in_set = std::find(plan.masks.begin(), plan.masks.end(), all[i]) != plan.masks.end();
+    const auto name = F::to_string(typename F::mask_type(all[i]));
+    const auto solo = solo_of(plan, all[i]);
+    all_json.push_back({{"mask", all[i]},
+                        {"structure", name},
+                        {"cotrained", in_set},
+                        {"accuracy", every[i].accuracy},
+                        {"loss", every[i].loss},
+                        {"solo_accuracy", solo}});
+    all_csv +=
+        fmt::format("{:#x},\"{}\",{},{},{},{}\n", all[i], name, in_set ? "true" : "false", every[i].accuracy,
+                    every[i].loss, solo.is_null() ? std::string() : fmt::format("{}", solo.get<double>()));
+    if (every[i].accuracy > best) {
+      best = every[i].accuracy;
+      best_mask = all[i];
+    }
+  }
+  const auto& c = result.comm;
+  const nlohmann::json comm{
+      {"mode", s.co.local_steps > 0 ? "local-sgd" : "synchronous"},
+      {"local_steps", s.co.local_steps},
+      {"params", n_params},
+      {"all_reduces", c.all_reduces},
+      {"payload_bytes", c.payload_bytes},
+      {"ring_bytes_per_rank",
+       workers > 1 ? double(c.payload_bytes) * 2.0 * double(workers - 1) / double(workers) : 0.0},
+      {"synchronous_payload_bytes", sync_bytes},
+      {"fraction_of_synchronous", sync_bytes > 0 ? double(c.payload_bytes) / double(sync_bytes) : 0.0},
+      {"checksums", c.checksums},
+      {"checksum_bytes", c.checksum_bytes},
+      {"all_reduce_seconds", c.seconds}};
+  nlohmann::json epochs = nlohmann::json::array();
+  for (const auto& e : result.epochs)
+    epochs.push_back({{"epoch", e.epoch}, {"train_loss", e.train_loss}, {"seconds", e.seconds}});
+  const nlohmann::json doc{
+      {"format", "additive-cotrain-1"},
+      {"family", F::describe()},
+      {"model", s.model},
+      {"train", s.train},
+      {"cotrain", s.co},
+      {"workers", workers},
+      {"data", {{"dir", f.data}, {"train", train_view.size()}, {"val", val_view.size()}}},
+      {"solo_source", plan.solo_source},
+      {"steps", result.steps},
+      {"seconds", result.seconds},
+      {"epochs", epochs},
+      {"communication", comm},
+      {"structures", structures},
+      {"all_structures", all_json}};
+  const std::filesystem::path out(f.out);
+  std::filesystem::create_directories(out);
+  write_file_atomically(out / "structures.csv", std::string_view(csv));
+  write_file_atomically(out / "all_structures.csv", std::string_view(all_csv));
+  write_file_atomically(out / "cotrain.json", std::string_view(doc.dump(2) + "\n"));
+  std::printf("\nbest of all %zu structures on the co-trained weights: %s %s (%.4f)\n", all.size(),
+              fmt::format("{:#x}", best_mask).c_str(), F::to_string(typename F::mask_type(best_mask)).c_str(),
+              best);
+  std::printf("communication per rank: %lld all-reduces, %s payload (%.3g of synchronous)\n",
+              static_cast<long long>(c.all_reduces),
+              detail::report::human_bytes(double(c.payload_bytes)).c_str(),
+              sync_bytes > 0 ? double(c.payload_bytes) / double(sync_bytes) : 0.0);
+  std::printf("wrote %s, structures.csv, all_structures.csv\n", (out / "cotrain.json").string().c_str());
+  return 0;
+}
+
+struct Data {
+  ImageDataset set;
+  std::optional<DatasetView> train, val;
+};
+
+void load(const Flags& f, const Setup& s, Data& d) {
+  d.set = load_idx_dataset(f.data, "train");
+  if (d.set.input_dim() != s.model.in_dim)
+    throw InputError(
+        fmt::format("{}: images are {}x{}, the model expects 28x28", f.data, d.set.rows, d.set.cols));
+  if (f.val < 1 || f.val >= d.set.count)
+    throw InputError(fmt::format("--val {} must be in [1, {})", f.val, d.set.count));
+  auto [train_idx, val_idx] = split_validation(d.set, f.val, s.train.seed);
+  d.train.emplace(subset(d.set, std::move(train_idx)));
+  if (f.limit > 0) d.train.emplace(limit(*d.train, f.limit));
+  d.val.emplace(subset(d.set, std::move(val_idx)));
+}
+
+/// One rank: co-train its structure; rank 0 keeps the weights and the result.
+template <class F, class Comm>
+void run_rank(Comm& comm, const Setup& s, const Plan& plan, const Data& d, bool progress,
+              std::vector<Scalar>& params_out, CoTrainResult& result_out) {
+  const auto mask = plan.masks[static_cast<std::size_t>(comm.rank()) % plan.masks.size()];
+  CoTrainer<F, Scalar, Comm> trainer(comm, s.model, typename F::mask_type(mask), s.train, s.co);
+  auto result = trainer.fit(*d.train, DatasetView(d.set, {}), progress && comm.rank() == 0);
+  if (comm.rank() == 0) {
+    params_out.assign(trainer.params().begin(), trainer.params().end());
+    result_out = result;
+  }
+}
+
+template <class F>
+int run(const Flags& f, Setup s, int mpi_rank, int mpi_size, void* mpi_comm) {
+  (void)mpi_comm;
+  const Plan plan = make_plan<F>(f);
+  const int K = static_cast<int>(plan.masks.size());
+  const int workers = mpi_size > 0 ? mpi_size : (f.workers > 0 ? f.workers : K);
+  if (workers % K != 0)
+    throw InputError(
+        fmt::format("{} {} for {} structures: expected a multiple of {} (rank r trains structure r mod {})",
+                    mpi_size > 0 ? "MPI ranks" : "--workers", workers, K, K, K));
+  if (!f.quiet && mpi_rank <= 0) {
+    std::printf(
+        "family %s: co-training %d structures on %d %s (%s, %s)\n", F::describe().c_str(), K, workers,
+        mpi_size > 0 ? "MPI ranks" : "threads", s.co.same_batch ? "same batch" : "data-parallel",
+        s.co.local_steps > 0 ? fmt::format("local SGD, H {}", s.co.local_steps).c_str() : "synchronous");
+    std::fflush(stdout);
+  }
+  Data d;
+  load(f, s, d);
+  std::vector<Scalar> params;
+  CoTrainResult result;
+  const bool progress = !f.quiet;
+  if (mpi_size > 0) {
+#ifdef ADDITIVE_HAS_MPI
+    auto& comm = *static_cast<dist::MpiComm*>(mpi_comm);
+    run_rank<F>(comm, s, plan, d, progress, params, result);
+    if (mpi_rank != 0) return 0;
+#endif
+  } else {
+    dist::run_threads(
+        workers, [&](dist::ThreadComm& comm) { run_rank<F>(comm, s, plan, d, progress, params, result); });
+  }
+  return report<F>(f, plan, s, workers, *d.train, *d.val, params, result);
+}
+
+int dispatch(const Flags& f, const Setup& s, int rank, int size, void* comm) {
+  if (f.family == "branch") return run<MlpFamily<4, 2>>(f, s, rank, size, comm);
+  if (f.family == "no-final-norm")
+    return run<MlpFamily<4, 2, GateLayout::merge_only, FinalNorm::none>>(f, s, rank, size, comm);
+  return run<MlpFamily<4, 2, GateLayout::merge_only>>(f, s, rank, size, comm);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "Co-training: K structures of a sharded MLP family trained together on one shared weight set."};
+  Flags f;
+  Setup s;
+  s.train = TrainOptions{.epochs = 2, .batch = 128, .lr = 2e-3};
+  auto* topk =
+      app.add_option("--topk", f.topk,
+                     "topk.json of a search (its results.json next to it gives the accuracies alone)")
+          ->check(CLI::ExistingFile);
+  auto* masks = app.add_option("--masks", f.masks, "structures as comma-separated masks, e.g. 0x3f,0x15");
+  topk->excludes(masks);
+  app.add_option("--top", f.top, "co-train only the first N structures of --topk (0: all)")
+      ->check(within<std::int64_t>(0, big));
+  app.add_option("--family", f.family, "default, branch or no-final-norm (as the search)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"default", "branch", "no-final-norm"}));
+  app.add_option("--workers", f.workers, "threads (ranks); rank r trains structure r mod K (default: K)")
+      ->check(within(1, 1024));
+  app.add_flag("--mpi", f.mpi, "one rank per MPI process (automatic under Open MPI's mpirun)");
+  app.add_flag("--same-batch", s.co.same_batch,
+               "every rank reads the whole global batch (default: its slice)");
+  app.add_option("--local-sgd", s.co.local_steps, "local SGD: H inner steps per outer step (0: synchronous)")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(0, big));
+  app.add_option("--outer-lr", s.co.outer_lr, "local SGD: outer learning rate")
+      ->capture_default_str()
+      ->check(within(1e-12, 1e3));
+  app.add_option("--outer-momentum", s.co.outer_momentum, "local SGD: outer Nesterov momentum (0: plain SGD)")
+      ->capture_default_str()
+      ->check(within(0.0, 0.999999));
+  app.add_option("--checksum-every", s.co.checksum_every,
+                 "compare the replicas every N steps (0: at the end)")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(0, big));
+  app.add_option("--out", f.out, "directory for cotrain.json, structures.csv, all_structures.csv")
+      ->capture_default_str();
+  app.add_option("--optimizer", s.train.optimizer, "adamw or sgd (inner optimizer under --local-sgd)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"adamw", "sgd"}));
+  app.add_option("--epochs", s.train.epochs, "epochs")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(1, 1000000));
+  app.add_option("--lr", s.train.lr, "peak learning rate")->capture_default_str()->check(within(1e-12, 1e3));
+  app.add_option("--batch", s.train.batch, "global batch size")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(1, 1000000));
+  app.add_option("--seed", f.seed, "seed: initial weights, validation split, data order")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(0, std::numeric_limits<std::int64_t>::max()));
+  app.add_option("--data", f.data, "directory of IDX files")->capture_default_str();
+  app.add_option("--val", f.val, "validation samples carved from the training set")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(1, big));
+  app.add_option("--limit", f.limit, "training samples used (0: all)")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(0, big));
+  app.add_option("--d", f.d, "model width")->capture_default_str()->check(within<std::int64_t>(1, 65536));
+  app.add_option("--h", f.h, "hidden width, a multiple of the 4 shards")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(4, 1 << 20))
+      ->check(additive::flags::multiple_of(4));
+  app.add_flag("--quiet", f.quiet, "no progress bar");
+  if (const int code = additive::flags::parse(app, argc, argv); code >= 0) return code;
+  if (f.topk.empty() && f.masks.empty()) {
+    std::fprintf(stderr, "error: give the structures with --topk FILE or --masks LIST (see --help)\n");
+    return 2;
+  }
+  s.train.seed = static_cast<std::uint64_t>(f.seed);
+  s.model = MlpConfig{.in_dim = 784, .d = f.d, .h = f.h, .classes = 10};
+
+  const bool under_mpirun = std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr;
+  if (f.mpi || under_mpirun) {
+#ifdef ADDITIVE_HAS_MPI
+    dist::MpiEnvironment env(argc, argv);
+    auto comm = dist::MpiComm::world();
+    try {
+      return dispatch(f, s, comm.rank(), comm.size(), &comm);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "error: rank %d: %s\n", comm.rank(), e.what());
+      if (comm.size() > 1) comm.abort(2);
+      return 2;
+    }
+#else
+    if (f.mpi) {
+      std::fprintf(stderr, "error: --mpi: this build has no MPI (install libopenmpi-dev and reconfigure)\n");
+      return 2;
+    }
+#endif
+  }
+  try {
+    return dispatch(f, s, -1, 0, nullptr);
+  } catch (const InputError& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "internal error: %s\n", e.what());
+    return 1;
+  }
+}
