@@ -13,7 +13,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <limits>
 #include <map>
 #include <optional>
 
@@ -372,28 +371,11 @@ int main(int argc, char** argv) {
   app.add_option("--optimizer", s.train.optimizer, "adamw or sgd (inner optimizer under --local-sgd)")
       ->capture_default_str()
       ->check(CLI::IsMember({"adamw", "sgd"}));
-  app.add_option("--epochs", s.train.epochs, "epochs")
-      ->capture_default_str()
-      ->check(within<std::int64_t>(1, 1000000));
-  app.add_option("--lr", s.train.lr, "peak learning rate")->capture_default_str()->check(within(1e-12, 1e3));
-  app.add_option("--batch", s.train.batch, "global batch size")
-      ->capture_default_str()
-      ->check(within<std::int64_t>(1, 1000000));
-  app.add_option("--seed", f.seed, "seed: initial weights, validation split, data order")
-      ->capture_default_str()
-      ->check(within<std::int64_t>(0, std::numeric_limits<std::int64_t>::max()));
-  app.add_option("--data", f.data, "directory of IDX files")->capture_default_str();
-  app.add_option("--val", f.val, "validation samples carved from the training set")
-      ->capture_default_str()
-      ->check(within<std::int64_t>(1, big));
-  app.add_option("--limit", f.limit, "training samples used (0: all)")
-      ->capture_default_str()
-      ->check(within<std::int64_t>(0, big));
-  app.add_option("--d", f.d, "model width")->capture_default_str()->check(within<std::int64_t>(1, 65536));
-  app.add_option("--h", f.h, "hidden width, a multiple of the 4 shards")
-      ->capture_default_str()
-      ->check(within<std::int64_t>(4, 1 << 20))
-      ->check(additive::flags::multiple_of(4));
+  additive::flags::add_budget_options(app, s.train.epochs, s.train.lr, s.train.batch, "epochs",
+                                      "global batch size");
+  additive::flags::add_seed_option(app, f.seed, "seed: initial weights, validation split, data order");
+  additive::flags::add_data_options(app, f.data, f.val, f.limit);
+  additive::flags::add_width_options(app, f.d, f.h, 4);
   app.add_flag("--quiet", f.quiet, "no progress bar");
   if (const int code = additive::flags::parse(app, argc, argv); code >= 0) return code;
   if (f.topk.empty() && f.masks.empty()) {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <limits>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -64,6 +65,46 @@ inline int parse(CLI::App& app, int argc, char** argv) {
     return 2;
   }
   return -1;
+}
+
+/// --epochs, --lr, --batch: the training budget shared by the experiment drivers.
+inline void add_budget_options(CLI::App& app, std::int64_t& epochs, double& lr, std::int64_t& batch,
+                               const std::string& epochs_help = "epochs",
+                               const std::string& batch_help = "batch size") {
+  app.add_option("--epochs", epochs, epochs_help)
+      ->capture_default_str()
+      ->check(within<std::int64_t>(1, 1000000));
+  app.add_option("--lr", lr, "peak learning rate")->capture_default_str()->check(within(1e-12, 1e3));
+  app.add_option("--batch", batch, batch_help)
+      ->capture_default_str()
+      ->check(within<std::int64_t>(1, 1000000));
+}
+
+/// --seed: what it seeds is the driver's to say.
+inline void add_seed_option(CLI::App& app, std::int64_t& seed, const std::string& help) {
+  app.add_option("--seed", seed, help)
+      ->capture_default_str()
+      ->check(within<std::int64_t>(0, std::numeric_limits<std::int64_t>::max()));
+}
+
+/// --data, --val, --limit: the IDX set and the validation split carved from its training set.
+inline void add_data_options(CLI::App& app, std::string& data, std::int64_t& val, std::int64_t& limit) {
+  app.add_option("--data", data, "directory of IDX files")->capture_default_str();
+  app.add_option("--val", val, "validation samples carved from the training set")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(1, big));
+  app.add_option("--limit", limit, "training samples used (0: all)")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(0, big));
+}
+
+/// --d, --h: the widths of a model of `shards` shards (h must split into them).
+inline void add_width_options(CLI::App& app, std::int64_t& d, std::int64_t& h, int shards) {
+  app.add_option("--d", d, "model width")->capture_default_str()->check(within<std::int64_t>(1, 65536));
+  app.add_option("--h", h, fmt::format("hidden width, a multiple of the {} shards", shards))
+      ->capture_default_str()
+      ->check(within<std::int64_t>(shards, 1 << 20))
+      ->check(multiple_of(shards));
 }
 
 }  // namespace additive::flags

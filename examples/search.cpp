@@ -8,7 +8,6 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <limits>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -96,10 +95,11 @@ int run(Flags f, TrainOptions train, SearchOptions search) {
       static_cast<long long>(report.trained),
       leaderboard_text(report, static_cast<std::size_t>(std::max<std::int64_t>(search.top_k, 10))).c_str());
   if (engine.runs_trained() > 0 && engine.training_seconds() > 0)
-    std::printf("trained %lld runs, %lld structure-epochs in %.1f s: %.1f structure-epochs/min (%d workers)\n",
-                static_cast<long long>(engine.runs_trained()), static_cast<long long>(engine.epochs_trained()),
-                engine.training_seconds(),
-                60.0 * static_cast<double>(engine.epochs_trained()) / engine.training_seconds(), search.workers);
+    std::printf(
+        "trained %lld runs, %lld structure-epochs in %.1f s: %.1f structure-epochs/min (%d workers)\n",
+        static_cast<long long>(engine.runs_trained()), static_cast<long long>(engine.epochs_trained()),
+        engine.training_seconds(),
+        60.0 * static_cast<double>(engine.epochs_trained()) / engine.training_seconds(), search.workers);
   write_results_csv(out / "results.csv", report);
   write_topk_json(out / "topk.json", report);
   write_report_svg(out / "report.svg", report);
@@ -144,28 +144,11 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(within<std::int64_t>(2, big));
   app.add_flag("--no-dedupe", f.no_dedupe, "train equivalent structures separately");
-  app.add_option("--epochs", train.epochs, "epochs per structure")
-      ->capture_default_str()
-      ->check(within<std::int64_t>(1, 1000000));
-  app.add_option("--lr", train.lr, "peak learning rate")->capture_default_str()->check(within(1e-12, 1e3));
-  app.add_option("--batch", train.batch, "batch size")
-      ->capture_default_str()
-      ->check(within<std::int64_t>(1, 1000000));
-  app.add_option("--seed", f.seed, "base seed: initial weights, validation split, data order")
-      ->capture_default_str()
-      ->check(within<std::int64_t>(0, std::numeric_limits<std::int64_t>::max()));
-  app.add_option("--data", f.data, "directory of IDX files")->capture_default_str();
-  app.add_option("--val", f.val, "validation samples carved from the training set")
-      ->capture_default_str()
-      ->check(within<std::int64_t>(1, big));
-  app.add_option("--limit", f.limit, "training samples used (0: all)")
-      ->capture_default_str()
-      ->check(within<std::int64_t>(0, big));
-  app.add_option("--d", f.d, "model width")->capture_default_str()->check(within<std::int64_t>(1, 65536));
-  app.add_option("--h", f.h, "hidden width, a multiple of the 4 shards")
-      ->capture_default_str()
-      ->check(within<std::int64_t>(4, 1 << 20))
-      ->check(additive::flags::multiple_of(4));
+  additive::flags::add_budget_options(app, train.epochs, train.lr, train.batch, "epochs per structure",
+                                      "batch size");
+  additive::flags::add_seed_option(app, f.seed, "base seed: initial weights, validation split, data order");
+  additive::flags::add_data_options(app, f.data, f.val, f.limit);
+  additive::flags::add_width_options(app, f.d, f.h, 4);
   app.add_flag("--full", f.full, "the full run: all training data, d 256, h 1024, 10 epochs");
   app.add_flag("--quiet", f.quiet, "no progress bar");
   if (const int code = additive::flags::parse(app, argc, argv); code >= 0) return code;

@@ -159,11 +159,7 @@ int main(int argc, char** argv) {
   app.add_option("--limit", f.limit, "use only the first N training samples (0: all)")
       ->capture_default_str()
       ->check(within<std::int64_t>(0, big));
-  app.add_option("--d", f.d, "model width")->capture_default_str()->check(within<std::int64_t>(1, 65536));
-  app.add_option("--h", f.h, "hidden width, a multiple of the 4 shards")
-      ->capture_default_str()
-      ->check(within<std::int64_t>(4, 1 << 20))
-      ->check(additive::flags::multiple_of(4));
+  additive::flags::add_width_options(app, f.d, f.h, 4);
   app.add_option("--dtype", f.dtype, "float or double")
       ->capture_default_str()
       ->check(CLI::IsMember({"float", "double"}));

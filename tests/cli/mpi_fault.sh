@@ -64,7 +64,10 @@ run_fault() {
 
 run_fault exit nonzero "process rank 2" "exiting improperly"
 run_fault kill nonzero "process rank 2" "exited on signal 9"
-run_fault throw 2 "error: rank 2: simulated failure" "MPI_ABORT was invoked on rank 2"
+# Our own line and exit code 2 are the contract. Open MPI's "MPI_ABORT was invoked on rank 2"
+# banner is not checked: mpirun sometimes loses it while tearing the job down
+# ("ORTE_ERROR_LOG: Out of resource in file .../show_help.c"), seen about 1 run in 10.
+run_fault throw 2 "error: rank 2: simulated failure"
 
 echo "$PASSED passed, $FAILED failed"
 [[ $FAILED -eq 0 ]]
