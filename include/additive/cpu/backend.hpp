@@ -84,6 +84,54 @@ class CpuBackend {
     gemm<Eigen::RowMajor, Eigen::ColMajor>(c, a, b, a.rows, alpha, beta);
   }
 
+  /// op(A) = A^T of gemm_tn, packed once for GEMMs that reuse it (weights applied to
+  /// several batches): pack_tn(a) then gemm_tn(c, packed, b, ...) equals gemm_tn(c, a, b, ...)
+  /// without packing A again. The pack is a copy: later changes to A do not reach it.
+  class PackedTn {
+   public:
+    [[nodiscard]] Index rows() const noexcept { return m_; }   ///< M
+    [[nodiscard]] Index depth() const noexcept { return k_; }  ///< K
+    [[nodiscard]] bool empty() const noexcept { return m_ == 0; }
+
+   private:
+    friend class CpuBackend;
+    std::vector<T, Eigen::aligned_allocator<T>> data_;
+    Index m_ = 0, k_ = 0, kc_ = 0, block_ = 0;  // block_: elements per K block of the panels
+  };
+
+  /// Packs op(A) = A^T (A: (K, M)) into `out`, reusing its storage.
+  void pack_tn(PackedTn& out, MatView<const T> a) {
+    out.m_ = a.cols;
+    out.k_ = a.rows;
+#if ADDITIVE_EIGEN_GEBP
+    const auto [kc, kblocks, a_block] = lhs_blocking(out.m_, out.k_, column_task);
+    out.kc_ = kc;
+    out.block_ = a_block;
+    out.data_.resize(static_cast<std::size_t>(kblocks * a_block));
+    pack_lhs<Eigen::RowMajor>(out.data_.data(), a, out.m_, out.k_, kc, a_block);
+#else
+    out.data_.resize(static_cast<std::size_t>(out.m_ * out.k_));  // A^T, column-major (M, K)
+    map(MatView<T>(out.data_.data(), out.m_, out.k_)) = map(a).transpose();
+#endif
+  }
+
+  /// C = alpha * op(A) * B + beta * C with op(A) packed by pack_tn. B: (K, N), C: (M, N).
+  void gemm_tn(MatView<T> c, const PackedTn& a, MatView<const T> b, T alpha, T beta) {
+    check_gemm(c, a.m_, b.cols, a.k_, b.rows);
+    count(c.rows, c.cols, a.k_);
+    if (c.rows == 0 || c.cols == 0) return;
+    if (a.k_ == 0) {
+      if (beta == T(0)) fill(c, T(0));
+      return;
+    }
+#if ADDITIVE_EIGEN_GEBP
+    run_packed<Eigen::ColMajor>(c, a.data_.data(), a.kc_, a.block_, a.k_, b, alpha, beta);
+#else
+    gemm<Eigen::ColMajor, Eigen::ColMajor>(c, MatView<const T>(a.data_.data(), a.m_, a.k_), b, a.k_, alpha,
+                                           beta);
+#endif
+  }
+
   /// C = alpha * A * B + beta * C.  A: (M, K), B: (K, N), C: (M, N). Tasks over N.
   void gemm_nn(MatView<T> c, MatView<const T> a, MatView<const T> b, T alpha, T beta) {
     check_gemm(c, a.rows, b.cols, a.cols, b.rows);
@@ -273,41 +321,66 @@ class CpuBackend {
     const Index n = c.cols;
     if (m == 0 || n == 0) return;
     const bool accumulate = beta != T(0);
-    const Index lda = std::max<Index>(a.ld, 1);
-    const Index ldb = std::max<Index>(b.ld, 1);
     if (k == 0) {  // an empty sum
       if (!accumulate) fill(c, T(0));
       return;
     }
 #if ADDITIVE_EIGEN_GEBP
+    const auto [kc, kblocks, a_block] = lhs_blocking(m, k, n);
+    if (packed_a_.size() < static_cast<std::size_t>(kblocks * a_block))
+      packed_a_.resize(static_cast<std::size_t>(kblocks * a_block));
+    pack_lhs<LhsOrder>(packed_a_.data(), a, m, k, kc, a_block);
+    run_packed<RhsOrder>(c, packed_a_.data(), kc, a_block, k, b, alpha, beta);
+#else
+    // Portable path: one Eigen product per column chunk (packs op(A) once per chunk).
+    const Index lda = std::max<Index>(a.ld, 1);
+    const Index ldb = std::max<Index>(b.ld, 1);
+    using Lhs = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, LhsOrder>, Eigen::Unaligned,
+                           Eigen::OuterStride<>>;
+    using Rhs = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, RhsOrder>, Eigen::Unaligned,
+                           Eigen::OuterStride<>>;
+    const Lhs aa(a.data, m, k, Eigen::OuterStride<>(lda));
+    const Rhs bb(b.data, k, n, Eigen::OuterStride<>(ldb));
+    parallel_chunks(threads_, n, column_task, [&](Index j0, Index nj) {
+      auto cc = map(c.cols_range(j0, nj));
+      if (accumulate)
+        cc.noalias() += (alpha * aa) * bb.middleCols(j0, nj);
+      else
+        cc.noalias() = (alpha * aa) * bb.middleCols(j0, nj);
+    });
+#endif
+  }
+
+#if ADDITIVE_EIGEN_GEBP
+  struct LhsBlocking {
+    Index kc = 0;       // depth of one K block
+    Index kblocks = 0;  // K blocks
+    Index a_block = 0;  // elements of one K block of the packed op(A), padded to a cache line
+  };
+  static constexpr Index cache_line = 64 / sizeof(T);  // the kernel loads packed panels aligned
+  static Index round_up(Index x, Index to) { return (x + to - 1) / to * to; }
+
+  /// Depth blocking: Eigen's choice for the product of one task, (M, K) x (K, column_task).
+  static LhsBlocking lhs_blocking(Index m, Index k, Index n) {
+    Index kc = k, mc = m, nc = std::min(n, column_task);
+    Eigen::internal::computeProductBlockingSizes<T, T, 1>(kc, mc, nc, Index(1));
+    kc = std::clamp<Index>(kc, 1, k);
+    return {kc, task_count(k, kc), round_up(m * kc, cache_line)};
+  }
+
+  /// Packs op(A) ((M, K), stored with LhsOrder) into Eigen's panel format at pa, K block by
+  /// K block (tasks over row slices).
+  template <int LhsOrder>
+  void pack_lhs(T* pa, MatView<const T> a, Index m, Index k, Index kc, Index a_block) {
     namespace ei = Eigen::internal;
     using Traits = ei::gebp_traits<T, T>;
     using LhsMapper = ei::const_blas_data_mapper<T, Index, LhsOrder>;
-    using RhsMapper = ei::const_blas_data_mapper<T, Index, RhsOrder>;
-    using ResMapper = ei::blas_data_mapper<T, Index, Eigen::ColMajor>;
-    constexpr Index line = 64 / sizeof(T);  // the kernel loads packed panels aligned
-    const auto round_up = [](Index x, Index to) { return (x + to - 1) / to * to; };
-
-    // Depth blocking: Eigen's choice for the product of one task, (M, K) x (K, column_task).
-    Index kc = k, mc = m, nc = std::min(n, column_task);
-    ei::computeProductBlockingSizes<T, T, 1>(kc, mc, nc, Index(1));
-    kc = std::clamp<Index>(kc, 1, k);
     const Index kblocks = task_count(k, kc);
-    const Index a_block = round_up(m * kc, line);
     // Row slices of op(A) (about 8) start at multiples of the kernel's panel height, so the
     // slices packed side by side are laid out exactly as one packing of all M rows.
     const Index slice = Traits::mr * task_count(task_count(m, Traits::mr), 8);
     const Index slices = task_count(m, slice);
-    const Index chunks = task_count(n, column_task);
-    const Index b_block = round_up(kc * std::min(n, column_task), line);
-    if (packed_a_.size() < static_cast<std::size_t>(kblocks * a_block))
-      packed_a_.resize(static_cast<std::size_t>(kblocks * a_block));
-    if (packed_b_.size() < static_cast<std::size_t>(chunks * b_block))
-      packed_b_.resize(static_cast<std::size_t>(chunks * b_block));
-    T* const pa = packed_a_.data();
-    T* const pb = packed_b_.data();
-
-    const LhsMapper lhs(a.data, lda);
+    const LhsMapper lhs(a.data, std::max<Index>(a.ld, 1));
     parallel_tasks(threads_, slices * kblocks, [&](Index t) {
       const Index s = t % slices;
       const Index kb = t / slices;
@@ -319,7 +392,28 @@ class CpuBackend {
           pack;
       pack(pa + kb * a_block + r0 * depth, lhs.getSubMapper(r0, k0), depth, std::min(slice, m - r0));
     });
-    const RhsMapper rhs(b.data, ldb);
+  }
+
+  /// C = alpha * op(A) * op(B) (+ C when beta != 0) with op(A) packed at pa: each column
+  /// chunk of C packs its own slice of op(B) (stored with RhsOrder) and runs Eigen's kernel
+  /// over the K blocks in order.
+  template <int RhsOrder>
+  void run_packed(MatView<T> c, const T* pa, Index kc, Index a_block, Index k, MatView<const T> b, T alpha,
+                  T beta) {
+    namespace ei = Eigen::internal;
+    using Traits = ei::gebp_traits<T, T>;
+    using RhsMapper = ei::const_blas_data_mapper<T, Index, RhsOrder>;
+    using ResMapper = ei::blas_data_mapper<T, Index, Eigen::ColMajor>;
+    const Index m = c.rows;
+    const Index n = c.cols;
+    const bool accumulate = beta != T(0);
+    const Index kblocks = task_count(k, kc);
+    const Index chunks = task_count(n, column_task);
+    const Index b_block = round_up(kc * std::min(n, column_task), cache_line);
+    if (packed_b_.size() < static_cast<std::size_t>(chunks * b_block))
+      packed_b_.resize(static_cast<std::size_t>(chunks * b_block));
+    T* const pb = packed_b_.data();
+    const RhsMapper rhs(b.data, std::max<Index>(b.ld, 1));
     parallel_tasks(threads_, chunks, [&](Index t) {
       const Index j0 = t * column_task;
       const Index nj = std::min(column_task, n - j0);
@@ -336,23 +430,8 @@ class CpuBackend {
         kernel(res, pa + kb * a_block, block_b, m, depth, nj, alpha);
       }
     });
-#else
-    // Portable path: one Eigen product per column chunk (packs op(A) once per chunk).
-    using Lhs = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, LhsOrder>, Eigen::Unaligned,
-                           Eigen::OuterStride<>>;
-    using Rhs = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, RhsOrder>, Eigen::Unaligned,
-                           Eigen::OuterStride<>>;
-    const Lhs aa(a.data, m, k, Eigen::OuterStride<>(lda));
-    const Rhs bb(b.data, k, n, Eigen::OuterStride<>(ldb));
-    parallel_chunks(threads_, n, column_task, [&](Index j0, Index nj) {
-      auto cc = map(c.cols_range(j0, nj));
-      if (accumulate)
-        cc.noalias() += (alpha * aa) * bb.middleCols(j0, nj);
-      else
-        cc.noalias() = (alpha * aa) * bb.middleCols(j0, nj);
-    });
-#endif
   }
+#endif
 
   static void check_gemm(MatView<T> c, Index m, Index n, Index k, Index k2) {
     if (c.rows != m || c.cols != n || k != k2)

@@ -90,27 +90,80 @@ class PrefixTreeForward {
   /// GEMM FLOPs per sample of the naive method and of this plan.
   [[nodiscard]] EvalFlops flops() const noexcept { return flops_; }
   /// The part of flops().tree spent in the head (computed outside the backend, so not in
-  /// backend().counters()).
+  /// backend().counters()): one head product per final stream held in memory, per input
+  /// stream of the last block that a final stream reads and per last-block node; with the
+  /// final norm also one d-long dot product per final stream the last block outputs.
   [[nodiscard]] double head_flops() const noexcept {
-    return 2.0 * double(config_.classes) * double(config_.d) * double(final_values_.size());
+    const double d = double(config_.d);
+    const double products = double(final_stored_.size() + final_inputs_.size() + final_nodes_.size());
+    const double dots = F::final_norm == FinalNorm::per_stream ? double(final_pairs_) : 0.0;
+    return 2.0 * double(config_.classes) * d * products + 2.0 * d * dots;
   }
 
-  /// x: (in_dim, batch). Afterwards logits(i) holds the logits of structure i.
-  void forward(std::span<const T> params, MatView<const T> x) {
+  /// Takes the parameters for the following forward(x) calls: the weight slices the plan
+  /// multiplies are packed for the GEMM kernel here, once, instead of once per batch. Keeps
+  /// a view of `params` (norms, biases, head): they must stay alive and unchanged until the
+  /// last forward(x), or until set_params is called again.
+  void set_params(std::span<const T> params) {
     if (params.size() != layout_.total())
       throw InputError("evaluate_structures: parameter buffer has " + std::to_string(params.size()) +
                        " elements, the layout has " + std::to_string(layout_.total()));
+    params_ = params;
+    const MlpParamViews<const T> p(config_, L, params);
+    const Index hs = config_.h / S;
+    backend_.pack_tn(embed_pack_, p.embed_t);
+    up_pack_.resize(idx(L));
+    down_pack_.resize(idx(L));
+    for (int l = 0; l < L; ++l) {
+      const auto& bp = p.blocks[idx(l)];
+      const auto& plan = blocks_[idx(l)];
+      up_pack_[idx(l)].resize(plan.ups.size());
+      for (std::size_t g = 0; g < plan.ups.size(); ++g) {
+        const auto& iv = plan.ups[g].interval;
+        backend_.pack_tn(up_pack_[idx(l)][g], bp.up_t.cols_range(iv.first * hs, iv.size * hs));
+      }
+      down_pack_[idx(l)].resize(idx(S));
+      for (int j = 0; j < S; ++j)  // packed only where a stream covers shard j
+        if (std::any_of(plan.ups.begin(), plan.ups.end(), [j](const UpGroup& u) {
+              return u.interval.first <= j && j < u.interval.first + u.interval.size;
+            }))
+          backend_.pack_tn(down_pack_[idx(l)][idx(j)], bp.down_t.rows_range(j * hs, hs));
+    }
+  }
+
+  /// set_params(params), then forward(x).
+  void forward(std::span<const T> params, MatView<const T> x) {
+    set_params(params);
+    forward(x);
+  }
+
+  /// x: (in_dim, batch), with the parameters of the last set_params(). Afterwards
+  /// logits(i) holds the logits of structure i, and, when `labels` (one per sample) are
+  /// given, score(i) its loss and correct predictions on them (computed tile by tile while
+  /// the logits are in cache).
+  void forward(MatView<const T> x, std::span<const std::int32_t> labels = {}) {
+    if (params_.empty()) throw RuntimeError("PrefixTreeForward::forward(x) called before set_params");
+    const std::span<const T> params = params_;
     if (x.rows != config_.in_dim)
       throw InputError("input has " + std::to_string(x.rows) + " features, the model expects " +
                        std::to_string(config_.in_dim));
     if (x.cols < 1) throw InputError("evaluate_structures: empty input batch");
     const Index n = x.cols;
+    if (!labels.empty()) {
+      if (static_cast<Index>(labels.size()) != n)
+        throw InputError("evaluate_structures: " + std::to_string(labels.size()) + " labels for " +
+                         std::to_string(n) + " samples");
+      for (const auto y : labels)
+        if (y < 0 || y >= config_.classes)
+          throw InputError("evaluate_structures: label " + std::to_string(y) + " outside [0, " +
+                           std::to_string(config_.classes) + ")");
+    }
     ensure_workspace(n);
     const MlpParamViews<const T> p(config_, L, params);
     const T eps = T(config_.norm_eps);
     const Index hs = config_.h / S;
 
-    backend_.gemm_tn(view(vals_[0]), p.embed_t, x, T(1), T(0));
+    backend_.gemm_tn(view(vals_[0]), embed_pack_, x, T(1), T(0));
     backend_.add_bias(view(vals_[0]), p.embed_b);
 
     for (int l = 0; l < L; ++l) {
@@ -125,8 +178,7 @@ class PrefixTreeForward {
         for (std::size_t k = 0; k < up.values.size(); ++k)
           backend_.layernorm(view(vals_[idx(up.values[k])]), bp.norm_w, bp.norm_b,
                              xn.cols_range(Index(k) * n, n), mean_.data(), rstd_.data(), eps);
-        backend_.gemm_tn(hb, bp.up_t.cols_range(up.interval.first * hs, up.interval.size * hs), xn, T(1),
-                         T(0));
+        backend_.gemm_tn(hb, up_pack_[idx(l)][g], xn, T(1), T(0));
         backend_.bias_gelu(hb, bp.up_b + up.interval.first * hs, hb);
       }
       // Down-projection per shard: P_j = B_j H_j for every input stream and shard j of it,
@@ -135,7 +187,7 @@ class PrefixTreeForward {
         const auto& up = plan.ups[g];
         const auto hb = view(ws.h[g]);
         for (int j = 0; j < up.interval.size; ++j)
-          backend_.gemm_tn(view(ws.p[g][idx(j)]), bp.down_t.rows_range((up.interval.first + j) * hs, hs),
+          backend_.gemm_tn(view(ws.p[g][idx(j)]), down_pack_[idx(l)][idx(up.interval.first + j)],
                            hb.rows_range(Index(j) * hs, hs), T(1), T(0));
       }
       // Output streams, once per distinct (input stream, segment, streams feeding it):
@@ -168,6 +220,17 @@ class PrefixTreeForward {
     // (fixed tiles, one task each) so a tile's normed streams stay in cache for the head.
     const Index classes = config_.classes;
     const Index tasks = task_count(n);
+    {
+      const auto head_t = map(MatView<const T>(p.head_t));  // (d, classes)
+      head_w_ = head_t;
+      head_beta_.assign(idx(int(classes)), T(0));
+      if constexpr (F::final_norm == FinalNorm::per_stream)
+        for (Index cl = 0; cl < classes; ++cl)
+          for (Index r = 0; r < config_.d; ++r) {
+            head_w_(r, cl) *= p.final_w[r];
+            head_beta_[idx(int(cl))] += head_t(r, cl) * p.final_b[r];
+          }
+    }
     parallel_tasks(backend_.threads(), tasks, [&](Index t) {
       const Index j0 = t * column_task;
       const Index nj = std::min(column_task, n - j0);
@@ -176,8 +239,6 @@ class PrefixTreeForward {
       const auto head_t = map(MatView<const T>(p.head_t));  // (d, classes)
       // The head as (tile, d) x (d, classes): a GEMM whose M is the tile, not the few classes.
       auto ht = tile_head_[static_cast<std::size_t>(t)].topRows(nj);
-      auto& yt = stream_tile_[static_cast<std::size_t>(t)];
-      yt.resize(config_.d, nj);
       auto& terms = tile_terms_[static_cast<std::size_t>(t)];
       const auto& last = blocks_[idx(L - 1)];
       const auto& last_ws = block_ws_[idx(L - 1)];
@@ -193,36 +254,110 @@ class PrefixTreeForward {
       };
       for (const int k : final_stored_)
         head_of(idx(k), MatView<const T>(view(vals_[idx(final_values_[idx(k)])])).cols_range(j0, nj));
-      // The last block's outputs: Z of a node once per tile, then each final stream it feeds.
+      // The last block's outputs Y = u + c Z (u = X_s + b: input stream plus bias; Z: the
+      // node's sum; c = S/|G|) are final streams, and norm and head are affine in Y given the
+      // column's mean and variance:
+      //   head(norm(Y)) = rstd * (W'(u - mean u) + c W'(Z - mean Z)) + W beta,  W' = W diag(w)
+      //   var(Y) = var(u) + c^2 var(Z) + 2c <u - mean u, Z - mean Z> / d
+      // so W'u and var(u) are computed once per input stream, W'Z and var(Z) once per node,
+      // and a (stream, node) pair costs one d-long dot product instead of a residual add,
+      // a norm and a head product. Centred vectors keep the variance free of cancellation.
+      // Without the final norm the head is linear: head(Y) = W u + c W Z.
+      constexpr bool normed = F::final_norm == FinalNorm::per_stream;
+      const Index d = config_.d;
+      const T inv_d = T(1) / T(d);
+      const auto head_w = map(MatView<const T>(view(head_w_)));  // (d, classes)
+      auto& ubar = ubar_[idx(int(t))];
+      auto& hu = hu_[idx(int(t))];
+      auto& uvar = uvar_[idx(int(t))];
+      const T* const bias = p.blocks[idx(L - 1)].down_b;
+      for (std::size_t i = 0; i < final_inputs_.size(); ++i) {
+        const auto x = MatView<const T>(view(vals_[idx(final_inputs_[i])]));
+        T* const u0 = ubar.data() + Index(i) * column_task * d;
+        for (Index j = 0; j < nj; ++j) {
+          const T* __restrict xc = &x(0, j0 + j);
+          T* __restrict uc = u0 + j * d;
+          for (Index r = 0; r < d; ++r) uc[r] = xc[r] + bias[r];
+          if constexpr (normed) uvar[i * idx(int(column_task)) + idx(int(j))] = center(uc, d, inv_d);
+        }
+        const auto u = Eigen::Map<const EigenMat<T>>(u0, d, nj);
+        ht.noalias() = u.transpose() * head_w;  // (tile, classes): the tile as the GEMM's M
+        hu.middleCols(Index(i) * column_task, nj) = ht.transpose();
+      }
+      auto& hz = hz_[idx(int(t))];
+      auto& zvar = zvar_[idx(int(t))];
       T* const z = z_tile_[idx(int(t))].data();
       for (const auto& fn : final_nodes_) {
         const auto& no = last.node_outs[idx(fn.node)];
         collect_terms(last, last_ws, no.zgroup, no.znode, n, terms);
         const T* const zs = sum_terms(terms, j0, nj, z);
-        const T scale = T(S) / T(last.zs[idx(no.zgroup)].seg.size);
-        for (const auto& [k, o] : fn.finals) {
-          const auto& out = last.outs[idx(o)];
-          add_input(zs, MatView<const T>(view(vals_[idx(out.input)])), scale, p.blocks[idx(L - 1)].down_b, j0,
-                    nj, yt.data(), yt.rows());
-          head_of(idx(k), MatView<const T>(yt.data(), yt.rows(), nj));
+        if constexpr (normed) {
+          for (Index j = 0; j < nj; ++j) {  // centre into the tile buffer (zs may be a term)
+            const T* __restrict src = zs + j * d;
+            T* __restrict dst = z + j * d;
+            if (src != dst) std::copy_n(src, d, dst);
+            zvar[idx(int(j))] = center(dst, d, inv_d);
+          }
+        }
+        const T* const zc = normed ? z : zs;
+        ht.noalias() = Eigen::Map<const EigenMat<T>>(zc, d, nj).transpose() * head_w;
+        hz.leftCols(nj) = ht.transpose();
+        const T c = fn.scale;
+        const T* __restrict beta = head_beta_.data();
+        for (const auto& [k, i] : fn.finals) {
+          // The tile's (classes, nj) blocks are contiguous (leading dimension = classes).
+          T* __restrict out = &view(head_)(0, Index(k) * n + j0);
+          const T* __restrict hu_t = &hu(0, Index(i) * column_task);
+          const T* __restrict hz_t = hz.data();
+          for (Index e = 0; e < classes * nj; ++e) out[e] = hu_t[e] + c * hz_t[e];
+          if constexpr (normed) {
+            const T* const u0 = ubar.data() + Index(i) * column_task * d;
+            const T* const uv = uvar.data() + idx(i) * idx(int(column_task));
+            for (Index j = 0; j < nj; ++j) {
+              const T dot = lane_dot(u0 + j * d, zc + j * d, d);
+              const T var = uv[j] + c * c * zvar[idx(int(j))] + T(2) * c * dot * inv_d;
+              const T rs = T(1) / std::sqrt(var + eps);
+              T* __restrict oc = out + j * classes;
+              for (Index cl = 0; cl < classes; ++cl) oc[cl] = rs * oc[cl] + beta[cl];
+            }
+          }
         }
       }
       const auto head = view(head_);
       for (std::size_t f = 0; f < finals_.size(); ++f) {
         auto out = view(logits_[f]);
-        for (Index j = j0; j < j0 + nj; ++j) {
-          T* __restrict oc = &out(0, j);
-          for (Index c = 0; c < classes; ++c) oc[c] = 0;
-          for (const auto& [slot, size] : finals_[f]) {
-            const T w = T(size) / T(S);
-            const T* __restrict hc = &head(0, Index(slot) * n + j);
-            for (Index c = 0; c < classes; ++c) oc[c] += w * hc[c];
-          }
-          for (Index c = 0; c < classes; ++c) oc[c] += p.head_b[c];
+        T* __restrict oc = &out(0, j0);  // the tile's (classes, nj) block, contiguous
+        const Index len = classes * nj;
+        std::fill_n(oc, len, T(0));
+        for (const auto& [slot, size] : finals_[f]) {
+          const T w = T(size) / T(S);
+          const T* __restrict hc = &head(0, Index(slot) * n + j0);
+          for (Index e = 0; e < len; ++e) oc[e] += w * hc[e];
         }
+        for (Index j = 0; j < nj; ++j)
+          for (Index c = 0; c < classes; ++c) oc[j * classes + c] += p.head_b[c];
+        if (!labels.empty())
+          score_tile(f, t, MatView<const T>(out).cols_range(j0, nj), labels.subspan(idx(int(j0))));
       }
     });
+    if (!labels.empty())
+      for (std::size_t f = 0; f < finals_.size(); ++f) {
+        Score total;
+        for (Index t = 0; t < tasks; ++t) {  // in tile order: the same sums for any thread count
+          total.loss_sum += tile_scores_[idx(int(t))][f].loss_sum;
+          total.correct += tile_scores_[idx(int(t))][f].correct;
+        }
+        scores_[f] = total;
+      }
   }
+
+  /// Summed cross-entropy and count of correct predictions (first largest logit) over the
+  /// batch of the last forward(x, labels), for structure i.
+  struct Score {
+    double loss_sum = 0;
+    std::int64_t correct = 0;
+  };
+  [[nodiscard]] Score score(std::size_t i) const { return scores_[idx(logits_of_[i])]; }
 
  private:
   // ---- the plan: built once from the masks, no arithmetic ----
@@ -266,9 +401,14 @@ class PrefixTreeForward {
     std::vector<OutNode> outs;
     std::vector<NodeOuts> node_outs;  // outs grouped by node
   };
-  struct FinalNode {                          // a node of the last block and the final streams it outputs
-    int node = 0;                             // index into the last block's node_outs
-    std::vector<std::pair<int, int>> finals;  // (head slot, index into outs)
+  struct FinalPair {  // a final stream output by the last block: its head slot and input stream
+    int slot = 0;
+    int input = 0;  // index into final_inputs_
+  };
+  struct FinalNode {  // a node of the last block and the final streams it outputs
+    int node = 0;     // index into the last block's node_outs
+    T scale = 0;      // S / |G| of the node's segment
+    std::vector<FinalPair> finals;
   };
   struct BlockWorkspace {
     std::vector<EigenMat<T>> xn, h;           // per up group: normed inputs, activations
@@ -377,14 +517,14 @@ class PrefixTreeForward {
       if (fresh) finals_.push_back(key);
       logits_of_[i] = it->second;
     }
-    flops_.tree += 2 * c * d * double(final_values_.size());
     // Which final streams the last block outputs (computed with the head, not stored).
     std::map<int, int> last_out;
     for (std::size_t o = 0; o < blocks_[idx(L - 1)].outs.size(); ++o)
       last_out[blocks_[idx(L - 1)].outs[o].output] = int(o);
     stored_.assign(idx(values_), true);
     const auto& last = blocks_[idx(L - 1)];
-    std::map<int, int> final_node_of;  // node_outs entry -> final_nodes_ entry
+    std::map<int, int> final_node_of;   // node_outs entry -> final_nodes_ entry
+    std::map<int, int> final_input_of;  // input value -> final_inputs_ entry
     for (std::size_t k = 0; k < final_values_.size(); ++k) {
       const auto it = last_out.find(final_values_[k]);
       if (it == last_out.end()) {
@@ -397,9 +537,13 @@ class PrefixTreeForward {
       for (std::size_t u = 0; u < last.node_outs.size(); ++u)
         if (last.node_outs[u].zgroup == out.zgroup && last.node_outs[u].znode == out.znode) node = int(u);
       auto [fit, fresh] = final_node_of.try_emplace(node, int(final_nodes_.size()));
-      if (fresh) final_nodes_.push_back(FinalNode{node, {}});
-      final_nodes_[idx(fit->second)].finals.emplace_back(int(k), it->second);
+      if (fresh) final_nodes_.push_back(FinalNode{node, T(S) / T(last.zs[idx(out.zgroup)].seg.size), {}});
+      auto [iit, ifresh] = final_input_of.try_emplace(out.input, int(final_inputs_.size()));
+      if (ifresh) final_inputs_.push_back(out.input);
+      final_nodes_[idx(fit->second)].finals.push_back(FinalPair{int(k), iit->second});
+      ++final_pairs_;
     }
+    flops_.tree += head_flops();
   }
 
   void ensure_workspace(Index n) {
@@ -424,10 +568,19 @@ class PrefixTreeForward {
     logits_.assign(finals_.size(), EigenMat<T>(config_.classes, n));
     const auto tasks = static_cast<std::size_t>(task_count(n));
     tile_.assign(tasks, EigenMat<T>(d, column_task));
-    stream_tile_.assign(tasks, EigenMat<T>(d, column_task));
     z_tile_.assign(tasks, EigenMat<T>(d, column_task));
     tile_head_.assign(tasks, EigenMat<T>(column_task, config_.classes));
     tile_terms_.assign(tasks, {});
+    exp_tile_.assign(tasks, std::vector<T, Eigen::aligned_allocator<T>>(
+                                idx(int((config_.classes * column_task + packet - 1) / packet * packet))));
+    tile_scores_.assign(tasks, std::vector<Score>(finals_.size()));
+    scores_.assign(finals_.size(), Score{});
+    const auto inputs = static_cast<Index>(final_inputs_.size());
+    ubar_.assign(tasks, EigenMat<T>(d, column_task * inputs));
+    hu_.assign(tasks, EigenMat<T>(config_.classes, column_task * inputs));
+    hz_.assign(tasks, EigenMat<T>(config_.classes, column_task));
+    uvar_.assign(tasks, std::vector<T>(idx(int(column_task * inputs))));
+    zvar_.assign(tasks, std::vector<T>(idx(int(column_task))));
     mean_.assign(idx(int(n)), T(0));
     rstd_.assign(idx(int(n)), T(0));
     batch_ = n;
@@ -494,6 +647,86 @@ class PrefixTreeForward {
     }
   }
 
+  /// Cross-entropy and correct predictions of the columns of one tile of logits buffer f,
+  /// into tile_scores_[t][f]. In float the exponentials go through Eigen's SIMD exp on whole
+  /// packets (the tile copied into a padded buffer), so every element gets the same function.
+  void score_tile(std::size_t f, Index t, MatView<const T> logits, std::span<const std::int32_t> labels) {
+    namespace ei = Eigen::internal;
+    const Index classes = logits.rows;
+    const Index nj = logits.cols;
+    auto& e = exp_tile_[idx(int(t))];
+    const Index len = classes * nj;
+    for (Index j = 0; j < nj; ++j) {
+      const T* __restrict z = &logits(0, j);
+      T zmax = z[0];
+      for (Index c = 1; c < classes; ++c) zmax = std::max(zmax, z[c]);
+      for (Index c = 0; c < classes; ++c) e[idx(int(j * classes + c))] = z[c] - zmax;
+    }
+    const Index padded = (len + packet - 1) / packet * packet;
+    std::fill(e.begin() + len, e.begin() + padded, T(0));
+    if constexpr (std::is_same_v<T, float>) {
+      for (Index i = 0; i < padded; i += packet)
+        ei::pstoreu(e.data() + i, ei::pexp(ei::ploadu<Packet>(e.data() + i)));
+    } else {  // GCC 12 warns inside its AVX-512 intrinsics for Eigen's double pexp
+      for (Index i = 0; i < len; ++i) e[idx(int(i))] = std::exp(e[idx(int(i))]);
+    }
+    Score sc;
+    for (Index j = 0; j < nj; ++j) {
+      const T* __restrict z = &logits(0, j);
+      const auto y = static_cast<Index>(labels[idx(int(j))]);
+      T sum = 0;
+      Index best = 0;
+      for (Index c = 0; c < classes; ++c) {
+        sum += e[idx(int(j * classes + c))];
+        if (z[c] > z[best]) best = c;
+      }
+      const T zmax = z[best];
+      sc.loss_sum += double(std::log(sum) - (z[y] - zmax));
+      sc.correct += best == y ? 1 : 0;
+    }
+    tile_scores_[idx(int(t))][f] = sc;
+  }
+
+  /// Subtracts the mean from the d values at v; returns their variance (mean square after
+  /// centring, as the backend's LayerNorm computes it).
+  static T center(T* __restrict v, Index d, T inv_d) {
+    const T mu = lane_sum(v, d) * inv_d;
+    for (Index r = 0; r < d; ++r) v[r] -= mu;
+    return lane_dot(v, v, d) * inv_d;
+  }
+
+  // Reductions over a column in two packet-wide partial sums (Eigen's SIMD packets, unaligned
+  // loads) plus a scalar tail, combined in a fixed order: fast, and the same bits wherever the
+  // column sits in memory (unlike Eigen's own reductions, which start at an aligned address).
+  using Packet = typename Eigen::internal::packet_traits<T>::type;
+  static constexpr Index packet = Eigen::internal::unpacket_traits<Packet>::size;
+
+  static T lane_dot(const T* __restrict a, const T* __restrict b, Index d) {
+    namespace ei = Eigen::internal;
+    Packet acc0 = ei::pset1<Packet>(T(0)), acc1 = acc0;
+    Index r = 0;
+    for (; r + 2 * packet <= d; r += 2 * packet) {
+      acc0 = ei::padd(acc0, ei::pmul(ei::ploadu<Packet>(a + r), ei::ploadu<Packet>(b + r)));
+      acc1 = ei::padd(acc1, ei::pmul(ei::ploadu<Packet>(a + r + packet), ei::ploadu<Packet>(b + r + packet)));
+    }
+    T tail = 0;
+    for (; r < d; ++r) tail += a[r] * b[r];
+    return ei::predux(ei::padd(acc0, acc1)) + tail;
+  }
+
+  static T lane_sum(const T* __restrict a, Index d) {
+    namespace ei = Eigen::internal;
+    Packet acc0 = ei::pset1<Packet>(T(0)), acc1 = acc0;
+    Index r = 0;
+    for (; r + 2 * packet <= d; r += 2 * packet) {
+      acc0 = ei::padd(acc0, ei::ploadu<Packet>(a + r));
+      acc1 = ei::padd(acc1, ei::ploadu<Packet>(a + r + packet));
+    }
+    T tail = 0;
+    for (; r < d; ++r) tail += a[r];
+    return ei::predux(ei::padd(acc0, acc1)) + tail;
+  }
+
   /// The backend's LayerNorm (the same Eigen expression, column by column) into a tile.
   static void final_norm(MatView<const T> x, const T* w, const T* b, EigenMat<T>& y, T eps) {
     const Index d = x.rows;
@@ -518,8 +751,10 @@ class PrefixTreeForward {
   std::vector<std::vector<std::pair<int, int>>> finals_;  // per logits buffer: (head slot, width)
   std::vector<int> final_stored_;                         // head slots of final streams held in vals_
   std::vector<FinalNode> final_nodes_;                    // head slots computed in the tile, by node
-  std::vector<bool> stored_;    // per value: held in vals_ (not a tile-computed final stream)
-  std::vector<int> logits_of_;  // per structure: its logits buffer
+  std::vector<int> final_inputs_;  // values of the last block's input streams that final pairs read
+  std::size_t final_pairs_ = 0;    // final streams computed in the tile (sum of finals over final_nodes_)
+  std::vector<bool> stored_;       // per value: held in vals_ (not a tile-computed final stream)
+  std::vector<int> logits_of_;     // per structure: its logits buffer
 
   Index batch_ = 0;
   std::vector<EigenMat<T>> vals_;
@@ -528,10 +763,23 @@ class PrefixTreeForward {
   std::vector<EigenMat<T>> tile_;  // per column task: normed final streams (d, tile)
   std::vector<EigenMat<T>> logits_;
   std::vector<T> mean_, rstd_;
-  std::vector<EigenMat<T>> stream_tile_;                   // per column task: a final stream (d, tile)
   std::vector<EigenMat<T>> tile_head_;                     // per column task: head^T (tile, classes)
   std::vector<EigenMat<T>> z_tile_;                        // per column task: a node's sum Z (d, tile)
   std::vector<std::vector<MatView<const T>>> tile_terms_;  // per column task
+  // The last block's final streams by linearity (see forward()), per column task:
+  std::vector<EigenMat<T>> ubar_;  // centred u = x + b of every final input (d, tile * inputs)
+  std::vector<EigenMat<T>> hu_;    // head'(u) of every final input (classes, tile * inputs)
+  std::vector<EigenMat<T>> hz_;    // head'(z) of one node (classes, tile)
+  std::vector<std::vector<T>> uvar_, zvar_;
+  std::span<const T> params_;                                          // of the last set_params()
+  std::vector<std::vector<T, Eigen::aligned_allocator<T>>> exp_tile_;  // per column task: exp of a tile
+  std::vector<std::vector<Score>> tile_scores_;                        // per column task and logits buffer
+  std::vector<Score> scores_;                                          // per logits buffer
+  typename CpuBackend<T>::PackedTn embed_pack_;
+  std::vector<std::vector<typename CpuBackend<T>::PackedTn>> up_pack_;    // per block and up group
+  std::vector<std::vector<typename CpuBackend<T>::PackedTn>> down_pack_;  // per block and shard
+  EigenMat<T> head_w_;        // head' = head^T scaled by the final norm's weight (per row), (d, classes)
+  std::vector<T> head_beta_;  // head^T * final norm bias, (classes)
 };
 
 }  // namespace cpu
@@ -595,7 +843,7 @@ std::vector<StructureEval> evaluate_structures(const MlpConfig& config, std::spa
   const std::size_t nscore = tree ? forest->distinct_logits() : masks.size();
   std::vector<double> loss(nscore, 0.0);
   std::vector<std::int64_t> correct(nscore, 0);
-  Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> x, scratch;
+  Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> x;
   std::vector<std::int32_t> y;
   std::vector<std::int64_t> pos;
   const std::int64_t chunks = (data.size() + options.chunk - 1) / options.chunk;
@@ -608,21 +856,19 @@ std::vector<StructureEval> evaluate_structures(const MlpConfig& config, std::spa
     pos.resize(static_cast<std::size_t>(n));
     for (std::int64_t i = 0; i < n; ++i) pos[static_cast<std::size_t>(i)] = c0 + i;
     data.gather(pos, x, y);
-    scratch.resize(config.classes, n);
-    const MatView<T> sv(scratch.data(), scratch.rows(), scratch.cols());
     const MatView<const T> xv(x.data(), x.rows(), x.cols());
     if (tree) {
-      auto& backend = forest->backend();
-      forest->forward(params, xv);
+      if (c == 0) forest->set_params(params);
+      forest->forward(xv, y);
       // One score per distinct logits buffer: structure i reads entry logits_id(i).
       std::vector<bool> done(nscore, false);
       for (std::size_t s = 0; s < masks.size(); ++s) {
         const auto f = static_cast<std::size_t>(forest->logits_id(s));
         if (done[f]) continue;
         done[f] = true;
-        const auto logits = forest->logits(s);
-        loss[f] += double(backend.softmax_xent(logits, y, sv)) * double(n);
-        detail::count_correct(logits, y, correct[f]);
+        const auto score = forest->score(s);
+        loss[f] += score.loss_sum;
+        correct[f] += score.correct;
       }
     } else {
       for (std::size_t s = 0; s < masks.size(); ++s) {
