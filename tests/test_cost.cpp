@@ -40,17 +40,22 @@ TEST_CASE("communication: dense pays S-way all-reduces, all-split and skipped bl
   const double act = 256.0 * 128 * 4;  // one (d, batch) float tensor
   const LinkModel link{.bandwidth = 1e9, .latency = 1e-6};
   const auto dense = mlp_cost<F>(c, F::mask_type(0xFF), 128, 4, link);
-  // Per block: one forward all-reduce (the segment) and one backward (the shared stream).
+  // Per block: one forward all-reduce of the segment's Z and one backward of its dZ.
   CHECK(dense.allreduces == 4);
   CHECK(dense.comm_bytes == doctest::Approx(4 * 2.0 * 3 / 4 * act));
   CHECK(dense.comm_seconds == doctest::Approx(4 * (2.0 * 3 / 4 * act / 1e9 + 6e-6)));
-  // Every shard its own network: block 0 still reads the shared embedding stream.
+  // Every shard its own network: one-shard segments need no all-reduce, in either pass.
   const auto split = mlp_cost<F>(c, F::mask_type(0x88), 128, 4, link);
-  CHECK(split.allreduces == 1);
+  CHECK(split.allreduces == 0);
+  CHECK(split.comm_bytes == 0.0);
   CHECK(mlp_cost<F>(c, F::mask_type(0x00), 128, 4, link).allreduces == 0);
-  // [12|34] then [1234]: forward 2 + 1 segment all-reduces of 2, 2, 4 devices; backward
-  // streams: block 0 reads one 4-way stream, block 1 reads two 2-way streams.
+  // [12|34] then [1234]: segments of 2, 2 and 4 devices, each all-reduced forward and
+  // backward: 2 * (2 * 1.0 + 1.5) activations.
   const auto mixed = mlp_cost<F>(c, F::mask_type(0xFD), 128, 4, link);
-  CHECK(mixed.allreduces == 2 + 1 + 1 + 2);
-  CHECK(mixed.comm_bytes == doctest::Approx((4 * 1.0 + 2 * 1.5) * act));
+  CHECK(mixed.allreduces == 2 * (2 + 1));
+  CHECK(mixed.comm_bytes == doctest::Approx(2 * (2 * 1.0 + 1.5) * act));
+  // Only the block's first merge gate: [12|3|4] costs one 2-way all-reduce each way.
+  const auto one = mlp_cost<F>(c, F::mask_type(0x09), 128, 4, link);
+  CHECK(one.allreduces == 2);
+  CHECK(one.comm_bytes == doctest::Approx(2 * 1.0 * act));
 }

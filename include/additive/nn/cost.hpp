@@ -36,12 +36,13 @@ inline void add_ring_allreduce(StructureCost& c, int p, double bytes, const Link
 
 /// Costs of structure m at a given batch, in elements of `element_bytes` bytes.
 ///
-/// Communication, shard j on device j: the forward pass all-reduces each segment's
-/// partial sums Z_G among its |G| devices; the backward pass all-reduces the gradient
-/// of each input stream shared by several devices (the column-parallel up-projection).
-/// Both are (d, batch) tensors. Skipped blocks communicate nothing. Gradients of
-/// replicated parameters (norms, biases, head) are left out: they are the data-parallel
-/// all-reduce, independent of the structure's gates.
+/// Communication, shard j on device j (dist::TensorParallelMlp executes exactly this): the
+/// forward pass all-reduces each segment's partial sums Z_G among its |G| devices, and the
+/// backward pass all-reduces dZ_G = sum_{i in G} dY_i among the same devices (each device
+/// holds only its own stream's gradient, and Z_G feeds every stream of the segment). Both
+/// are (d, batch) tensors; a one-shard segment and a skipped block communicate nothing.
+/// The logits average and the gradients of replicated parameters (embedding, norms,
+/// biases, head) are left out: they are the same for every structure of the family.
 template <Family F>
 StructureCost mlp_cost(const MlpConfig& c, typename F::mask_type m, Index batch, int element_bytes = 4,
                        const LinkModel& link = {}) {
@@ -57,9 +58,10 @@ StructureCost mlp_cost(const MlpConfig& c, typename F::mask_type m, Index batch,
     if (!g.residual()) continue;
     cost.active_params += 2 * c.d + 2 * c.h * c.d + c.h + c.d;
     cost.flops_per_sample += 4.0 * double(c.d) * double(c.h);
-    for (const Segment seg : g.segments()) add_ring_allreduce(cost, seg.size, act, link);
-    for (const Segment s : intervals_from_cuts<S>(cuts[static_cast<std::size_t>(l)]))
-      add_ring_allreduce(cost, s.size, act, link);
+    for (const Segment seg : g.segments()) {
+      add_ring_allreduce(cost, seg.size, act, link);  // forward: Z_G
+      add_ring_allreduce(cost, seg.size, act, link);  // backward: dZ_G
+    }
   }
   const auto finals = intervals_from_cuts<S>(cuts[F::blocks]).size();
   cost.flops_per_sample += 2.0 * double(c.d) * double(c.classes) * finals;
