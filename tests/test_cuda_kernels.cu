@@ -4,6 +4,7 @@
 // the error-family cases run everywhere.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <random>
@@ -259,6 +260,58 @@ TEST_CASE_TEMPLATE("softmax cross-entropy matches the CPU backend", T, double, f
   }
 }
 
+TEST_CASE(
+    "softmax cross-entropy poisons a sample whose device label is out of range (no out-of-bounds read)") {
+  ADDITIVE_REQUIRE_CUDA_DEVICE();
+  const Index classes = 4, batch = 3;
+  const auto logits = random_vector<float>(static_cast<std::size_t>(classes * batch), 21);
+  for (const std::int32_t bad : {-1, 4, 1 << 30}) {
+    CAPTURE(bad);
+    const std::vector<std::int32_t> labels{1, bad, 3};
+    auto glogits = cu::to_device(logits);
+    auto glabels = cu::to_device(labels);
+    cu::DeviceBuffer<float> gdlogits(logits.size()), losses(static_cast<std::size_t>(batch)), gloss(1);
+    cu::softmax_xent(glogits.view(classes, batch), glabels.data(), gdlogits.view(classes, batch),
+                     losses.data(), gloss.data(), nullptr);
+    const auto l = losses.to_host();
+    CHECK(std::isfinite(l[0]));
+    CHECK(std::isnan(l[1]));
+    CHECK(std::isfinite(l[2]));
+    CHECK(std::isnan(gloss.to_host()[0]));
+    const auto g = gdlogits.to_host();
+    for (Index i = 0; i < classes; ++i) {
+      CHECK(std::isfinite(g[static_cast<std::size_t>(i)]));
+      CHECK(std::isnan(g[static_cast<std::size_t>(classes + i)]));
+    }
+  }
+}
+
+TEST_CASE("to_bf16 of a strided view rounds each element to nearest into a padded view") {
+  ADDITIVE_REQUIRE_CUDA_DEVICE();
+  const Index rows = 5, cols = 3, ld_in = 7, ld_out = 8;
+  auto host = random_vector<float>(static_cast<std::size_t>(ld_in * cols), 22);
+  host[0] = 1.0f + 0x1.0p-8f;  // halfway between two bf16 values: ties to even (1.0)
+  host[1] = 1.0f + 0x3.0p-8f;  // halfway: ties to even (1 + 2^-6)
+  auto gin = cu::to_device(host);
+  cu::DeviceBuffer<__nv_bfloat16> gout(static_cast<std::size_t>(ld_out * cols));
+  gout.zero();
+  cu::to_bf16<float>(MatView<const float>(gin.data(), rows, cols, ld_in),
+                     MatView<__nv_bfloat16>(gout.data(), rows, cols, ld_out), nullptr);
+  const auto out = gout.to_host();
+  for (Index j = 0; j < cols; ++j)
+    for (Index i = 0; i < ld_out; ++i) {
+      const float got = __bfloat162float(out[static_cast<std::size_t>(i + j * ld_out)]);
+      if (i >= rows) {
+        CHECK(got == 0.0f);  // padding untouched
+        continue;
+      }
+      const float x = host[static_cast<std::size_t>(i + j * ld_in)];
+      CHECK(std::abs(got - x) <= std::abs(x) * 0x1.0p-8f);  // half an ulp of an 8-bit mantissa
+    }
+  CHECK(__bfloat162float(out[0]) == 1.0f);
+  CHECK(__bfloat162float(out[1]) == 1.0f + 0x1.0p-6f);
+}
+
 // ------------------------------------------------------------------ GEMMs
 
 TEST_CASE("cuBLASLt GEMMs match the CPU backend: fp32, TF32, bf16 inputs, bias epilogue") {
@@ -374,5 +427,36 @@ TEST_CASE("cuBLASLt GEMMs on unaligned strided sub-views (shard slices) match th
   const auto ga = gbig.view(big_rows, big_cols).block(1, 3, k, m);
   cu::Blas blas;
   blas.gemm_tn(gc.view(m, n), ga, gb.view(k, n), 1.0f, 0.0f);
+  CHECK(relative_error(gc.to_host(), c) <= 1e-5);
+}
+
+TEST_CASE("cuBLASLt bf16 GEMMs on unaligned strided sub-views, into an unaligned fp32 slice") {
+  ADDITIVE_REQUIRE_CUDA_DEVICE();
+  // What the bf16 model mode may hand cuBLASLt: a bf16 operand at an odd offset with an
+  // odd leading dimension (2-byte aligned) and an fp32 output slice of a larger matrix.
+  // Inputs are bf16 values, so the fp32 products are exact: only the order of the sums
+  // differs from the CPU (K = 21 terms of ~1: 1e-5 relative).
+  const Index k = 21, m = 10, n = 7;
+  const Index big_rows = k + 3, big_cols = m + 5;
+  additive::cpu::CpuBackend<float> cpu;
+  auto big = random_vector<float>(static_cast<std::size_t>(big_rows * big_cols), 32);
+  auto b = random_vector<float>(static_cast<std::size_t>(k * n), 33);
+  for (auto* v : {&big, &b})
+    for (auto& x : *v) x = __bfloat162float(__float2bfloat16_rn(x));
+  const Index c_rows = m + 1;  // C is rows [1, m + 1) of a (m + 1, n) matrix
+  std::vector<float> c(static_cast<std::size_t>(c_rows * n), 0.0f);
+  cpu.gemm_tn(host_view(c, c_rows, n).block(1, 0, m, n),
+              host_cview(big, big_rows, big_cols).block(1, 3, k, m), host_cview(b, k, n), 1.0f, 0.0f);
+
+  std::vector<__nv_bfloat16> big16(big.size()), b16(b.size());
+  for (std::size_t i = 0; i < big.size(); ++i) big16[i] = __float2bfloat16_rn(big[i]);
+  for (std::size_t i = 0; i < b.size(); ++i) b16[i] = __float2bfloat16_rn(b[i]);
+  const auto gbig = cu::to_device(big16);
+  const auto gb = cu::to_device(b16);
+  cu::DeviceBuffer<float> gc(c.size());
+  gc.zero();
+  cu::Blas blas;
+  blas.gemm_tn(gc.view(c_rows, n).block(1, 0, m, n), gbig.view(big_rows, big_cols).block(1, 3, k, m),
+               gb.view(k, n), 1.0f, 0.0f);
   CHECK(relative_error(gc.to_host(), c) <= 1e-5);
 }

@@ -233,6 +233,12 @@ __global__ void softmax_xent_kernel(MatView<const T> logits, const std::int32_t*
   }
   s = warp_sum(s);
   const auto y = static_cast<Index>(labels[j]);
+  if (y < 0 || y >= c) {  // not checked on the host (device labels): poison, never read out of bounds
+    const T nan = T(0) / T(0);
+    for (Index i = lane; i < c; i += warp) g[i] = nan;
+    if (lane == 0) losses[j] = nan;
+    return;
+  }
   for (Index i = lane; i < c; i += warp) g[i] = g[i] / (s * T(n)) - (i == y ? T(1) / T(n) : T(0));
   if (lane == 0) losses[j] = log_(s) - (z[y] - zmax);
 }
@@ -335,6 +341,16 @@ void to_bf16(const T* in, __nv_bfloat16* out, Index n, cudaStream_t stream) {
   ADDITIVE_CUDA_CHECK_LAUNCH();
 }
 
+/// out = bf16(in) (round to nearest even), element by element of two (rows, cols) views
+/// with their own leading dimensions: the bf16 copy of a GEMM operand.
+template <class T>
+void to_bf16(detail::In<T> in, MatView<__nv_bfloat16> out, cudaStream_t stream) {
+  detail::check_same_shape(out, in.rows, in.cols, "to_bf16");
+  detail::for_each_element(in.rows, in.cols, stream, [=] __device__(Index i, Index j) {
+    out.data[i + j * out.ld] = __float2bfloat16_rn(static_cast<float>(in.data[i + j * in.ld]));
+  });
+}
+
 // ---- per-sample (one column per sample) ----
 
 /// Per-sample LayerNorm over the rows: y = (x - mean) * rstd * w + b.
@@ -376,7 +392,8 @@ void add_row_sums(detail::In<T> m, T* out, cudaStream_t stream) {
 
 /// Softmax cross-entropy: writes dlogits = (softmax - onehot) / batch, the per-sample
 /// losses (batch) and their mean into loss[0]; asynchronous. logits, dlogits:
-/// (classes, batch); labels: (batch) in device memory, in [0, classes) (the caller checks).
+/// (classes, batch); labels: (batch) in device memory, in [0, classes): a label outside
+/// makes its sample's loss and dlogits column NaN (so the mean loss is NaN).
 template <class T>
 void softmax_xent(detail::In<T> logits, const std::int32_t* labels, MatView<T> dlogits, T* losses, T* loss,
                   cudaStream_t stream) {
