@@ -4,7 +4,8 @@
 // step every H steps). Then every co-trained structure, and every structure of the
 // family, is evaluated on the shared weights next to its accuracy trained alone (from the
 // search's results), and cotrain.json, structures.csv and all_structures.csv are written
-// to --out. See docs/cotraining.md.
+// to --out. --checkpoint / --resume save and continue the run (bit-identically). See
+// docs/cotraining.md.
 #include "additive/exp/cotrain.hpp"
 
 #include <fmt/format.h>
@@ -21,6 +22,7 @@
 
 #include "additive/additive.hpp"
 #include "additive/dist/thread_comm.hpp"
+#include "additive/exp/cotrain_report.hpp"
 #include "additive/exp/evaluate_all.hpp"
 #include "additive/exp/report.hpp"
 #include "additive/io/atomic_file.hpp"
@@ -34,6 +36,7 @@ namespace {
 
 using additive::flags::big;
 using additive::flags::within;
+using additive::flags::writable_path;
 
 using namespace additive;
 using Scalar = float;
@@ -152,6 +155,8 @@ struct Setup {
   MlpConfig model;
   TrainOptions train;
   CoTrainOptions co;
+  CoRunOptions run;    ///< checkpoint, checkpoint_every, stop_after_steps
+  std::string resume;  ///< checkpoint to continue from (empty: start afresh)
 };
 
 /// Rank 0's report: evaluation on the shared weights and the files.
@@ -245,6 +250,27 @@ int report(const Flags& f, const Plan& plan, const Setup& s, int workers, const 
   write_file_atomically(out / "structures.csv", std::string_view(csv));
   write_file_atomically(out / "all_structures.csv", std::string_view(all_csv));
   write_file_atomically(out / "cotrain.json", std::string_view(doc.dump(2) + "\n"));
+  CoTrainFigure figure{
+      .family = F::describe(),
+      .mode = s.co.local_steps > 0 ? fmt::format("local SGD, H {}", s.co.local_steps) : "synchronous",
+      .structures = {},
+      .all = {}};
+  auto solo_value = [](const nlohmann::json& j) {
+    return j.is_null() ? std::optional<double>() : std::optional<double>(j.get<double>());
+  };
+  for (const auto& e : structures)
+    figure.structures.push_back({.mask = e["mask"].get<std::uint64_t>(),
+                                 .structure = e["structure"].get<std::string>(),
+                                 .accuracy = e["cotrained_accuracy"].get<double>(),
+                                 .solo = solo_value(e["solo_accuracy"]),
+                                 .cotrained = true});
+  for (const auto& e : all_json)
+    figure.all.push_back({.mask = e["mask"].get<std::uint64_t>(),
+                          .structure = e["structure"].get<std::string>(),
+                          .accuracy = e["accuracy"].get<double>(),
+                          .solo = solo_value(e["solo_accuracy"]),
+                          .cotrained = e["cotrained"].get<bool>()});
+  write_cotrain_svg(out / "cotrain.svg", figure);
   std::printf("\nbest of all %zu structures on the co-trained weights: %s %s (%.4f)\n", all.size(),
               fmt::format("{:#x}", best_mask).c_str(), F::to_string(typename F::mask_type(best_mask)).c_str(),
               best);
@@ -252,7 +278,8 @@ int report(const Flags& f, const Plan& plan, const Setup& s, int workers, const 
               static_cast<long long>(c.all_reduces),
               detail::report::human_bytes(double(c.payload_bytes)).c_str(),
               sync_bytes > 0 ? double(c.payload_bytes) / double(sync_bytes) : 0.0);
-  std::printf("wrote %s, structures.csv, all_structures.csv\n", (out / "cotrain.json").string().c_str());
+  std::printf("wrote %s, structures.csv, all_structures.csv, cotrain.svg\n",
+              (out / "cotrain.json").string().c_str());
   return 0;
 }
 
@@ -280,7 +307,8 @@ void run_rank(Comm& comm, const Setup& s, const Plan& plan, const Data& d, bool 
               std::vector<Scalar>& params_out, CoTrainResult& result_out) {
   const auto mask = plan.masks[static_cast<std::size_t>(comm.rank()) % plan.masks.size()];
   CoTrainer<F, Scalar, Comm> trainer(comm, s.model, typename F::mask_type(mask), s.train, s.co);
-  auto result = trainer.fit(*d.train, DatasetView(d.set, {}), progress && comm.rank() == 0);
+  if (!s.resume.empty()) trainer.resume(s.resume);
+  auto result = trainer.fit(*d.train, DatasetView(d.set, {}), progress && comm.rank() == 0, {}, s.run);
   if (comm.rank() == 0) {
     params_out.assign(trainer.params().begin(), trainer.params().end());
     result_out = result;
@@ -318,6 +346,11 @@ int run(const Flags& f, Setup s, int mpi_rank, int mpi_size, void* mpi_comm) {
   } else {
     dist::run_threads(
         workers, [&](dist::ThreadComm& comm) { run_rank<F>(comm, s, plan, d, progress, params, result); });
+  }
+  if (!result.finished) {
+    std::printf("stopped after step %lld (checkpoint %s)\n", static_cast<long long>(result.steps),
+                s.run.checkpoint.empty() ? "not written" : s.run.checkpoint.string().c_str());
+    return 0;
   }
   return report<F>(f, plan, s, workers, *d.train, *d.val, params, result);
 }
@@ -376,8 +409,28 @@ int main(int argc, char** argv) {
   additive::flags::add_seed_option(app, f.seed, "seed: initial weights, validation split, data order");
   additive::flags::add_data_options(app, f.data, f.val, f.limit);
   additive::flags::add_width_options(app, f.d, f.h, 4);
+  std::string checkpoint;
+  app.add_option("--checkpoint", checkpoint,
+                 "rank 0 writes the whole co-training state here (atomically) after every epoch")
+      ->check(writable_path());
+  app.add_option("--checkpoint-every", s.run.checkpoint_every, "also every N steps")
+      ->check(within<std::int64_t>(0, big));
+  app.add_option("--resume", s.resume, "continue from a checkpoint written with the same options")
+      ->check(CLI::ExistingFile);
+  app.add_option("--stop-after", s.run.stop_after_steps,
+                 "stop after this many steps in total, as if interrupted")
+      ->check(within<std::int64_t>(0, big));
   app.add_flag("--quiet", f.quiet, "no progress bar");
+  std::string device = "cpu";
+  app.add_option("--device", device, "cpu (--device cuda: the train and search drivers)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   if (const int code = additive::flags::parse(app, argc, argv); code >= 0) return code;
+  if (device == "cuda") {
+    std::fputs("error: --device cuda: co-training is not supported by this driver yet\n", stderr);
+    return 2;
+  }
+  s.run.checkpoint = checkpoint;
   if (f.topk.empty() && f.masks.empty()) {
     std::fprintf(stderr, "error: give the structures with --topk FILE or --masks LIST (see --help)\n");
     return 2;

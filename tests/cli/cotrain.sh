@@ -4,7 +4,9 @@
 # threads writes the report with every structure and the accuracies alone taken from the
 # search's files; local SGD communicates 1/H of the synchronous payload; and, when mpirun
 # exists and the driver was built with MPI, 2 MPI ranks give the same report as 2 threads
-# (2 ranks: one addition per element, so the all-reduces agree bit for bit).
+# (2 ranks: one addition per element, so the all-reduces agree bit for bit); a run stopped
+# after 4 steps (--stop-after, --checkpoint) and resumed (--resume) writes the same report
+# as an uninterrupted one, and a checkpoint of other settings is refused in one line.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.bash"
 
 COTRAIN="$ADDITIVE_BINARY_DIR/bin/cotrain"
@@ -62,12 +64,34 @@ assert a[63]["accuracy"] == s[0]["cotrained_accuracy"]
 assert all(0 <= e["accuracy"] <= 1 for e in a.values())
 c = j["communication"]
 assert c["mode"] == "synchronous" and c["payload_bytes"] == c["synchronous_payload_bytes"] > 0
-assert c["all_reduces"] == j["steps"] == 10, c
+# one all-reduce per gradient bucket (head, block 1, block 0, embedding) per step
+assert c["all_reduces"] == 4 * j["steps"] == 40, c
 assert len(list(csv.reader(open(d + "/all_structures.csv")))) == 65
 assert len(list(csv.reader(open(d + "/structures.csv")))) == 3
+import xml.etree.ElementTree as E
+r = E.parse(d + "/cotrain.svg").getroot()
+n = "{http://www.w3.org/2000/svg}"
+assert r.tag == n + "svg", r.tag
+assert [g.get("id") for g in r.findall(n + "g")] == ["bars", "histogram", "cotrained"]
+assert len(r.find(n + "g[@id='bars']").findall(n + "rect")) == 4     # 2 structures x (co-trained, alone)
+assert len(r.find(n + "g[@id='cotrained']").findall(n + "line")) == 2
 EOF
-then pass "report: 2 structures with their accuracies alone, all 64 on the shared weights"
+then pass "report: 2 structures with their accuracies alone, all 64 on the shared weights, cotrain.svg"
 else fail "the report of the topk run is wrong"; fi
+
+mkdir -p "$WORK/ck"  # its own directory: expect_input_error checks that a refused --resume changes nothing there
+check "stop the topk run after 4 of 10 steps" -- "$COTRAIN" "${C[@]}" --topk "$WORK/search/topk.json" \
+  --checkpoint "$WORK/ck/ck.safetensors" --stop-after 4 --out "$WORK/stopped"
+if [[ -s "$WORK/ck/ck.safetensors" && ! -e "$WORK/stopped/cotrain.json" ]]; then pass "stopped: a checkpoint, no report"
+else fail "the stopped run left no checkpoint, or wrote a report"; fi
+check "resume it" -- "$COTRAIN" "${C[@]}" --topk "$WORK/search/topk.json" --resume "$WORK/ck/ck.safetensors" \
+  --out "$WORK/resumed"
+for f in structures.csv all_structures.csv; do
+  if cmp -s "$WORK/thr/$f" "$WORK/resumed/$f"; then pass "$f of the resumed run equals the uninterrupted one"
+  else fail "$f of the resumed run differs from the uninterrupted one"; fi
+done
+expect_input_error "resume with another --lr" "other co-training settings" "train.lr" -- \
+  "$COTRAIN" "${C[@]}" --topk "$WORK/search/topk.json" --lr 0.01 --resume "$WORK/ck/ck.safetensors" --out "$WORK/x"
 
 check "local SGD, H = 5, same batch" -- \
   "$COTRAIN" "${C[@]}" --masks 0x3f,0x15 --local-sgd 5 --same-batch --out "$WORK/local"
@@ -87,6 +111,14 @@ if command -v "${MPIEXEC:-mpiexec}" >/dev/null && [[ "$(ldd "$COTRAIN" 2>/dev/nu
   for f in structures.csv all_structures.csv; do
     if cmp -s "$WORK/thr/$f" "$WORK/mpi/$f"; then pass "$f identical for 2 threads and 2 MPI ranks"
     else fail "$f differs between 2 threads and 2 MPI ranks"; fi
+  done
+  check "stop on 2 MPI ranks after 4 steps" -- "${MPIEXEC:-mpiexec}" -n 2 --oversubscribe "$COTRAIN" "${C[@]}" \
+    --topk "$WORK/search/topk.json" --checkpoint "$WORK/ck/mpi.safetensors" --stop-after 4 --out "$WORK/mpi-stopped"
+  check "resume on 2 MPI ranks" -- "${MPIEXEC:-mpiexec}" -n 2 --oversubscribe "$COTRAIN" "${C[@]}" \
+    --topk "$WORK/search/topk.json" --resume "$WORK/ck/mpi.safetensors" --out "$WORK/mpi-resumed"
+  for f in structures.csv all_structures.csv; do
+    if cmp -s "$WORK/thr/$f" "$WORK/mpi-resumed/$f"; then pass "$f of the MPI run resumed equals the uninterrupted one"
+    else fail "$f of the MPI run resumed differs"; fi
   done
   rc=0
   timeout 60 "${MPIEXEC:-mpiexec}" -n 3 --oversubscribe "$COTRAIN" "${C[@]}" --masks 0x3f,0x15 \

@@ -94,6 +94,12 @@ inline Chunk chunk(std::size_t n, std::size_t parts, std::size_t i) {
 /// Built from the concept alone: each rank writes its hash, as two 32-bit halves (exact
 /// in a double), into its own slots of a zero table; the sum over ranks adds zeros to
 /// each value, so it is exact on every communicator and every reduction order.
+/// Whether one rank's handle may be used by a thread other than the one that made it (one
+/// thread at a time): the co-training engine then runs the gradient all-reduces on a helper
+/// thread, overlapped with the backward pass. False unless the communicator opts in.
+template <class C>
+inline constexpr bool hands_over_threads = false;
+
 template <Communicator C>
 void check_consistent(C& comm, std::string_view what, std::string_view description) {
   const int p = comm.size(), r = comm.rank();

@@ -328,6 +328,10 @@ class ThreadComm {
   std::uint64_t seq_ = 0;  // collectives started; picks the descriptor slot
 };
 
+/// A rank's handle is used by one thread at a time, whichever thread that is.
+template <>
+inline constexpr bool hands_over_threads<ThreadComm> = true;
+
 /// A group of `size` in-process ranks. Each rank's thread takes its handle with join();
 /// the group object itself may go away before the handles (they share the state).
 class ThreadGroup {
