@@ -15,11 +15,19 @@ ratios. scripts/bench.sh builds our program and calls this with the right argume
 
     python benchmarks/pytorch_peer.py --additive-bench build-bench/bin/bench_train_step
     python benchmarks/pytorch_peer.py --check      # same function as tests/golden/reference.py
+    python benchmarks/pytorch_peer.py --device cuda --batch 4096 --precision bf16   # on a GPU
+
+With --device cuda the model, the batch and the optimizer live on the GPU (eager and
+torch.compile as on the CPU; --precision tf32 sets torch.backends.cuda.matmul.allow_tf32,
+bf16 runs forward and backward under torch.autocast(bfloat16) with fp32 master weights),
+and every timing waits for the GPU (torch.cuda.synchronize). Our side of that comparison is
+bench_cuda_train_step (scripts/gpu.sh runs both; docs/gpu-benchmarks.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -140,30 +148,40 @@ def make_optimizer(model: nn.Module, lr=1e-3, weight_decay=0.01, fused=None):
 class Runner:
     """One structure, one mode (eager or compile): model, optimizer, a fixed batch."""
 
-    def __init__(self, mask: int, mode: str, batch: int, seed: int = 1, fused=None):
+    def __init__(self, mask: int, mode: str, batch: int, seed: int = 1, fused=None, device: str = "cpu",
+                 precision: str = "fp32"):
         torch.manual_seed(seed)
-        self.model = ShardedMLP(mask)
+        self.device = device
+        self.model = ShardedMLP(mask).to(device)
         self.opt = make_optimizer(self.model, fused=fused)
-        self.x = torch.rand(batch, 784)
-        self.y = torch.randint(0, 10, (batch,))
+        self.x = torch.rand(batch, 784).to(device)
+        self.y = torch.randint(0, 10, (batch,)).to(device)
         self.batch = batch
+        self.bf16 = device == "cuda" and precision == "bf16"
         self.forward = torch.compile(self.model) if mode == "compile" else self.model
 
     def step(self):
         self.opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.forward(self.x), self.y)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext():
+            loss = F.cross_entropy(self.forward(self.x), self.y)
         loss.backward()
         self.opt.step()
         return loss
+
+    def sync(self):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
 
     def measure(self, seconds: float, warmup: int = 3) -> float:
         """Samples per second over at least `seconds` (and at least 5 steps)."""
         for _ in range(warmup):
             self.step()
+        self.sync()
         steps, start = 0, time.perf_counter()
         while True:
             self.step()
             steps += 1
+            self.sync()
             elapsed = time.perf_counter() - start
             if elapsed >= seconds and steps >= 5:
                 return steps * self.batch / elapsed
@@ -225,6 +243,9 @@ def main() -> int:
     ap.add_argument("--fused-adamw", action="store_true", help="torch.optim.AdamW(fused=True) (default: PyTorch's default)")
     ap.add_argument("--check", action="store_true", help="compare the peer with tests/golden/reference.py and exit")
     ap.add_argument("--json", help="also write every measurement to this file")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where PyTorch trains")
+    ap.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32",
+                    help="cuda: GEMM precision (tf32: allow_tf32; bf16: autocast)")
     args = ap.parse_args()
 
     root = Path(__file__).resolve().parent.parent
@@ -239,10 +260,19 @@ def main() -> int:
             ap.error(f"--structures: unknown structure '{n}' (expected some of {', '.join(STRUCTURES)})")
     if args.batch != 256 and args.additive_bench:
         ap.error("--batch: our benchmark measures batch 256 only")
+    if args.device == "cuda":
+        if args.additive_bench:
+            ap.error("--device cuda: compare with bench_cuda_train_step (scripts/gpu.sh), not --additive-bench")
+        if not torch.cuda.is_available():
+            ap.error("--device cuda: torch.cuda.is_available() is False")
+        torch.backends.cuda.matmul.allow_tf32 = args.precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
 
     modes = ["eager"] + ([] if args.no_compile else ["compile"])
     omp_env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
                        if k in os.environ)
+    if args.device == "cuda":
+        print(f"device: {torch.cuda.get_device_name()}; precision {args.precision}", flush=True)
     print(f"machine: {machine_line()}; {args.threads} threads; batch {args.batch}; "
           f"{args.rounds} rounds x {args.seconds:g} s per measurement; environment: {omp_env or '(no OpenMP settings)'}",
           flush=True)
@@ -250,7 +280,8 @@ def main() -> int:
     for n in names:
         for mode in modes:
             try:
-                runners[(n, mode)] = Runner(STRUCTURES[n], mode, args.batch, fused=True if args.fused_adamw else None)
+                runners[(n, mode)] = Runner(STRUCTURES[n], mode, args.batch, fused=True if args.fused_adamw else None,
+                                            device=args.device, precision=args.precision)
                 if mode == "compile":
                     t0 = time.perf_counter()
                     runners[(n, mode)].measure(0.0, warmup=2)  # compiles forward and backward
@@ -307,7 +338,7 @@ def main() -> int:
 
     if args.json:
         Path(args.json).write_text(json.dumps(
-            {"machine": machine_line(), "environment": omp_env, "threads": args.threads, "batch": args.batch, "rounds": args.rounds,
+            {"machine": machine_line(), "device": args.device, "precision": args.precision, "environment": omp_env, "threads": args.threads, "batch": args.batch, "rounds": args.rounds,
              "seconds": args.seconds, "samples_per_s": {f"{n}/{who}": v for (n, who), v in samples.items()}},
             indent=2))
     return 0

@@ -1,21 +1,33 @@
 // search: experiment 1. Trains every structure of a family of the sharded MLP (or a
 // seeded sample) on Fashion-MNIST, ranks them on the validation split and writes the
 // leaderboard, results.json, results.csv, topk.json and report.svg. Defaults fit a
-// 2-core machine in a few minutes; --full restores the full-size run.
+// 2-core machine in a few minutes; --full restores the full-size run. Under mpirun (when
+// built with MPI) the runs are shared by the ranks and rank 0 writes the same files.
 #include "additive/exp/search.hpp"
 
 #include <fmt/format.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <exception>
 #include <filesystem>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "additive/additive.hpp"
+#include "additive/dist/collectives.hpp"
+#include "additive/dist/thread_comm.hpp"
 #include "additive/exp/report.hpp"
+#ifdef ADDITIVE_HAS_MPI
+#include "additive/dist/mpi_comm.hpp"
+#endif
 
 #include "flags.hpp"
+
+#ifdef ADDITIVE_HAS_CUDA
+#include "cuda/device_runner.hpp"
+#endif
 
 namespace {
 
@@ -38,10 +50,27 @@ struct Flags {
   bool no_dedupe = false;
   bool full = false;
   bool quiet = false;
+  std::string device = "cpu";
+  bool no_graphs = false;
+  std::string precision = "fp32";
+  int concurrent = 0;
 };
 
-template <class F>
-int run(Flags f, TrainOptions train, SearchOptions search) {
+/// --device cuda is possible here: this build has the CUDA backend and the machine a GPU.
+void check_device(const Flags& f) {
+  if (f.device != "cuda") return;
+#ifdef ADDITIVE_HAS_CUDA
+  examples::require_cuda_device();
+#else
+  throw InputError("--device cuda: this build has no CUDA backend (configure with ADDITIVE_CUDA=ON)");
+#endif
+}
+
+/// One rank of the search (the only one without MPI): every rank loads the data and
+/// trains its share; rank 0 checks --out, prints and writes the files.
+template <class F, class Comm>
+int run(Flags f, TrainOptions train, SearchOptions search, Comm& comm) {
+  const bool root = comm.rank() == 0;
   if (f.full) {
     f.limit = 0;
     f.d = 256;
@@ -53,53 +82,74 @@ int run(Flags f, TrainOptions train, SearchOptions search) {
   search.dedupe = !f.no_dedupe;
   const MlpConfig model{.in_dim = 784, .d = f.d, .h = f.h, .classes = 10};
   StructureSearch<F> engine(model, train, search);
+#ifdef ADDITIVE_HAS_CUDA
+  if (f.device == "cuda")  // each process trains its jobs concurrently on its GPU
+    engine.set_device_runner(examples::cuda_search_runner(
+        f.family, model, {.graphs = !f.no_graphs, .precision = f.precision, .concurrent = f.concurrent}));
+#endif
 
-  const ImageDataset train_set = load_idx_dataset(f.data, "train");
-  if (train_set.input_dim() != model.in_dim)
-    throw InputError(
-        fmt::format("{}: images are {}x{}, the model expects 28x28", f.data, train_set.rows, train_set.cols));
-  if (f.val < 1 || f.val >= train_set.count)
-    throw InputError(fmt::format("--val {} must be in [1, {})", f.val, train_set.count));
-  auto [train_idx, val_idx] = split_validation(train_set, f.val, train.seed);
-  DatasetView train_view = subset(train_set, std::move(train_idx));
-  if (f.limit > 0) train_view = limit(train_view, f.limit);
-  const DatasetView val_view = subset(train_set, std::move(val_idx));
-
+  // Every rank loads the data; rank 0 alone looks at --out. A failure on any rank is
+  // the same error on all (dist::raise_together), so none waits in the search.
+  ImageDataset train_set;
+  std::optional<DatasetView> train_view, val_view;
   const std::filesystem::path out(f.out);
-  // A resumed search needs its directory already; a failed resume must not create one.
-  if (!f.resume) std::filesystem::create_directories(out);
   const auto results = out / "results.json";
-  if (!f.resume && std::filesystem::exists(results))
-    throw InputError(fmt::format("{} exists: pass --resume to continue that search, or choose another --out",
-                                 results.string()));
+  std::exception_ptr failure;
+  try {
+    train_set = load_idx_dataset(f.data, "train");
+    if (train_set.input_dim() != model.in_dim)
+      throw InputError(fmt::format("{}: images are {}x{}, the model expects 28x28", f.data, train_set.rows,
+                                   train_set.cols));
+    if (f.val < 1 || f.val >= train_set.count)
+      throw InputError(fmt::format("--val {} must be in [1, {})", f.val, train_set.count));
+    auto [train_idx, val_idx] = split_validation(train_set, f.val, train.seed);
+    train_view.emplace(subset(train_set, std::move(train_idx)));
+    if (f.limit > 0) train_view.emplace(limit(*train_view, f.limit));
+    val_view.emplace(subset(train_set, std::move(val_idx)));
+    if (root) {
+      // A resumed search needs its directory already; a failed resume must not create one.
+      if (!f.resume) std::filesystem::create_directories(out);
+      if (!f.resume && std::filesystem::exists(results))
+        throw InputError(fmt::format(
+            "{} exists: pass --resume to continue that search, or choose another --out", results.string()));
+    }
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  dist::raise_together(comm, failure);
 
   const auto masks = engine.candidates();
-  std::printf("family %s: %llu structures, %zu considered\n", F::describe().c_str(),
-              static_cast<unsigned long long>(F::mask_type::count), masks.size());
-  std::printf(
-      "data %s: %lld train%s, %lld validation  |  d %lld, h %lld  |  %lld epochs, batch %lld, lr %g, seeds "
-      "%d, "
-      "workers %d\n",
-      f.data.c_str(), static_cast<long long>(train_view.size()),
-      f.limit > 0 ? " (--limit; --full for all)" : "", static_cast<long long>(val_view.size()),
-      static_cast<long long>(f.d), static_cast<long long>(f.h), static_cast<long long>(train.epochs),
-      static_cast<long long>(train.batch), train.lr, search.seeds, search.workers);
-  std::fflush(stdout);
+  if (root) {
+    std::printf("family %s: %llu structures, %zu considered\n", F::describe().c_str(),
+                static_cast<unsigned long long>(F::mask_type::count), masks.size());
+    std::printf(
+        "data %s: %lld train%s, %lld validation  |  d %lld, h %lld  |  %lld epochs, batch %lld, lr %g, seeds "
+        "%d, workers %d%s\n",
+        f.data.c_str(), static_cast<long long>(train_view->size()),
+        f.limit > 0 ? " (--limit; --full for all)" : "", static_cast<long long>(val_view->size()),
+        static_cast<long long>(f.d), static_cast<long long>(f.h), static_cast<long long>(train.epochs),
+        static_cast<long long>(train.batch), train.lr, search.seeds, search.workers,
+        comm.size() > 1 ? fmt::format(" on each of {} MPI ranks", comm.size()).c_str() : "");
+    std::fflush(stdout);
+  }
 
   const nlohmann::json data_identity{{"dir", std::filesystem::absolute(f.data).lexically_normal().string()},
-                                     {"train", train_view.size()},
-                                     {"val", val_view.size()}};
-  const auto report = engine.run(train_view, val_view, results, f.resume, data_identity, !f.quiet);
+                                     {"train", train_view->size()},
+                                     {"val", val_view->size()}};
+  const auto report = engine.run(comm, *train_view, *val_view, results, f.resume, data_identity, !f.quiet);
+  if (!root) return 0;
   std::printf(
       "%lld structures, %lld distinct functions trained\n\n%s", static_cast<long long>(report.candidates),
       static_cast<long long>(report.trained),
       leaderboard_text(report, static_cast<std::size_t>(std::max<std::int64_t>(search.top_k, 10))).c_str());
   if (engine.runs_trained() > 0 && engine.training_seconds() > 0)
     std::printf(
-        "trained %lld runs, %lld structure-epochs in %.1f s: %.1f structure-epochs/min (%d workers)\n",
+        "trained %lld runs, %lld structure-epochs in %.1f s: %.1f structure-epochs/min (%d workers x %d "
+        "ranks)\n",
         static_cast<long long>(engine.runs_trained()), static_cast<long long>(engine.epochs_trained()),
         engine.training_seconds(),
-        60.0 * static_cast<double>(engine.epochs_trained()) / engine.training_seconds(), search.workers);
+        60.0 * static_cast<double>(engine.epochs_trained()) / engine.training_seconds(), search.workers,
+        comm.size());
   write_results_csv(out / "results.csv", report);
   write_topk_json(out / "topk.json", report);
   write_report_svg(out / "report.svg", report);
@@ -151,12 +201,47 @@ int main(int argc, char** argv) {
   additive::flags::add_width_options(app, f.d, f.h, 4);
   app.add_flag("--full", f.full, "the full run: all training data, d 256, h 1024, 10 epochs");
   app.add_flag("--quiet", f.quiet, "no progress bar");
+  app.add_option("--device", f.device,
+                 "cpu (--workers threads), or cuda (structures trained concurrently on the GPU)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_flag("--no-graphs", f.no_graphs,
+               "cuda: launch each step's kernels instead of replaying a CUDA graph");
+  app.add_option("--precision", f.precision, "cuda: GEMM precision (fp32, tf32, bf16: operands in bf16)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fp32", "tf32", "bf16"}));
+  app.add_option("--concurrent", f.concurrent, "cuda: structures trained at once (0: all of a round)")
+      ->capture_default_str()
+      ->check(within(0, 4096));
   if (const int code = additive::flags::parse(app, argc, argv); code >= 0) return code;
-  try {
-    if (f.family == "branch") return run<MlpFamily<4, 2>>(f, train, search);
+  auto dispatch = [&](auto& comm) {
+    check_device(f);
+    if (f.family == "branch") return run<MlpFamily<4, 2>>(f, train, search, comm);
     if (f.family == "no-final-norm")
-      return run<MlpFamily<4, 2, GateLayout::merge_only, FinalNorm::none>>(f, train, search);
-    return run<MlpFamily<4, 2, GateLayout::merge_only>>(f, train, search);
+      return run<MlpFamily<4, 2, GateLayout::merge_only, FinalNorm::none>>(f, train, search, comm);
+    return run<MlpFamily<4, 2, GateLayout::merge_only>>(f, train, search, comm);
+  };
+#ifdef ADDITIVE_HAS_MPI
+  if (std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr) {  // started by Open MPI's mpirun
+    dist::MpiEnvironment env(argc, argv);
+    auto comm = dist::MpiComm::world();
+    try {
+      return dispatch(comm);
+    } catch (const InputError& e) {
+      // The search and the driver throw these on every rank alike: one line, from rank 0.
+      if (comm.rank() == 0) std::fprintf(stderr, "error: %s\n", e.what());
+      return 2;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "error: rank %d: %s\n", comm.rank(), e.what());
+      if (comm.size() > 1) comm.abort(2);
+      return 2;
+    }
+  }
+#endif
+  try {
+    dist::ThreadGroup one(1);
+    auto comm = one.join(0);
+    return dispatch(comm);
   } catch (const InputError& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 2;

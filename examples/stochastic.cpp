@@ -131,7 +131,15 @@ int main(int argc, char** argv) {
   additive::flags::add_data_options(app, f.data, f.val, f.limit);
   additive::flags::add_width_options(app, f.d, f.h, 4);
   app.add_flag("--quiet", f.quiet, "no progress bars");
+  std::string device = "cpu";
+  app.add_option("--device", device, "cpu (--device cuda: the train and search drivers)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   if (const int code = additive::flags::parse(app, argc, argv); code >= 0) return code;
+  if (device == "cuda") {
+    std::fputs("error: --device cuda: stochastic gating is not supported by this driver yet\n", stderr);
+    return 2;
+  }
   try {
     // within() admits 0; a keep-probability of 0 would train nothing.
     if (!(f.p > 0)) throw InputError(fmt::format("--p {} must be a keep-probability in (0, 1]", f.p));

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <limits>
+#include <optional>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -13,6 +14,10 @@
 #include "additive/additive.hpp"
 
 #include "flags.hpp"
+
+#ifdef ADDITIVE_HAS_CUDA
+#include "cuda/device_runner.hpp"
+#endif
 
 namespace {
 
@@ -38,7 +43,24 @@ struct Flags {
   std::int64_t stop_after = -1;
   std::int64_t seed = 0;
   bool quiet = false;
+  std::string device = "cpu";
+  bool no_graphs = false;
+  std::string precision = "fp32";
 };
+
+/// --device cuda is possible here: this build has the CUDA backend and the machine a GPU.
+void check_device(const Flags& f) {
+  if (f.device != "cuda") return;
+#ifdef ADDITIVE_HAS_CUDA
+  if (f.dtype != "float")
+    throw additive::InputError("--device cuda: --dtype " + f.dtype +
+                               " is not supported (the CUDA trainer is fp32)");
+  additive::examples::require_cuda_device();
+#else
+  throw additive::InputError(
+      "--device cuda: this build has no CUDA backend (configure with ADDITIVE_CUDA=ON)");
+#endif
+}
 
 template <class T>
 int run(const Flags& f, const additive::TrainOptions& train) {
@@ -65,25 +87,44 @@ int run(const Flags& f, const additive::TrainOptions& train) {
                       .checkpoint_every = f.checkpoint_every,
                       .stop_after_steps = f.stop_after,
                       .progress = !f.quiet};
-  Trainer<Family, T> trainer(model, mask, train, run_opts);
-  if (!f.resume.empty()) trainer.resume(f.resume);
-
-  std::printf("structure %s  mask %s  %s  %zu parameters\n", Family::to_string(mask).c_str(),
-              to_hex(mask).c_str(), f.dtype.c_str(), trainer.layout().total());
-  std::printf(
-      "data %s: %lld train, %lld validation, %lld test  |  %lld epochs, batch %lld, %s lr %g, %d threads%s\n",
-      f.data.c_str(), static_cast<long long>(train_view.size()), static_cast<long long>(val_view.size()),
-      static_cast<long long>(test_view.size()), static_cast<long long>(train.epochs),
-      static_cast<long long>(train.batch), train.optimizer.c_str(), train.lr, f.threads,
-      f.resume.empty() ? "" : fmt::format("  |  resumed at step {}", trainer.step()).c_str());
-  std::fflush(stdout);
-
-  const auto result = trainer.fit(train_view, val_view, [&](const EpochRecord& e) {
+  auto print_header = [&](std::size_t parameters, std::int64_t step) {
+    std::printf("structure %s  mask %s  %s  %zu parameters%s\n", Family::to_string(mask).c_str(),
+                to_hex(mask).c_str(), f.dtype.c_str(), parameters,
+                f.device == "cuda"
+                    ? fmt::format("  |  cuda {}{}", f.precision, f.no_graphs ? "" : ", graphs").c_str()
+                    : "");
+    std::printf(
+        "data %s: %lld train, %lld validation, %lld test  |  %lld epochs, batch %lld, %s lr %g, %d "
+        "threads%s\n",
+        f.data.c_str(), static_cast<long long>(train_view.size()), static_cast<long long>(val_view.size()),
+        static_cast<long long>(test_view.size()), static_cast<long long>(train.epochs),
+        static_cast<long long>(train.batch), train.optimizer.c_str(), train.lr, f.threads,
+        f.resume.empty() ? "" : fmt::format("  |  resumed at step {}", step).c_str());
+    std::fflush(stdout);
+  };
+  auto print_epoch = [&](const EpochRecord& e) {
     std::printf("epoch %lld/%lld  train loss %.4f  val loss %.4f  val acc %.2f%%  (%.1f s)\n",
                 static_cast<long long>(e.epoch), static_cast<long long>(train.epochs), e.train_loss,
                 e.val.loss, 100 * e.val.accuracy, e.seconds);
     std::fflush(stdout);
-  });
+  };
+  TrainResult result;
+  std::optional<EvalResult> test;
+  if (f.device == "cuda") {
+#ifdef ADDITIVE_HAS_CUDA
+    const auto r = examples::train_on_cuda(model, mask.bits(), train, run_opts,
+                                           {.graphs = !f.no_graphs, .precision = f.precision}, f.resume,
+                                           train_view, val_view, &test_view, print_header, print_epoch);
+    result = r.result;
+    test = r.test;
+#endif
+  } else {
+    Trainer<Family, T> trainer(model, mask, train, run_opts);
+    if (!f.resume.empty()) trainer.resume(f.resume);
+    print_header(trainer.layout().total(), trainer.step());
+    result = trainer.fit(train_view, val_view, print_epoch);
+    if (result.finished) test = trainer.evaluate(test_view);
+  }
   nlohmann::json out{{"structure", Family::to_string(mask)},
                      {"mask", to_hex(mask)},
                      {"steps", result.steps},
@@ -95,11 +136,10 @@ int run(const Flags& f, const additive::TrainOptions& train) {
                              {"val_loss", e.val.loss},
                              {"val_accuracy", e.val.accuracy},
                              {"seconds", e.seconds}});
-  if (result.finished) {
-    const auto test = trainer.evaluate(test_view);
-    std::printf("test  loss %.4f  acc %.2f%%  (%lld samples; %.0f training samples/s)\n", test.loss,
-                100 * test.accuracy, static_cast<long long>(test.samples), result.samples_per_second);
-    out["test"] = {{"loss", test.loss}, {"accuracy", test.accuracy}, {"samples", test.samples}};
+  if (result.finished && test) {
+    std::printf("test  loss %.4f  acc %.2f%%  (%lld samples; %.0f training samples/s)\n", test->loss,
+                100 * test->accuracy, static_cast<long long>(test->samples), result.samples_per_second);
+    out["test"] = {{"loss", test->loss}, {"accuracy", test->accuracy}, {"samples", test->samples}};
   } else {
     std::printf("stopped after step %lld (checkpoint %s)\n", static_cast<long long>(result.steps),
                 f.checkpoint.empty() ? "not written" : f.checkpoint.c_str());
@@ -172,8 +212,17 @@ int main(int argc, char** argv) {
       ->check(within<std::int64_t>(0, big));
   app.add_option("--json", f.json, "write the results as JSON here")->check(writable_path());
   app.add_flag("--quiet", f.quiet, "no progress bar");
+  app.add_option("--device", f.device, "cpu, or cuda (fp32 on the GPU; same seeds, batches and schedule)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_flag("--no-graphs", f.no_graphs,
+               "cuda: launch each step's kernels instead of replaying a CUDA graph");
+  app.add_option("--precision", f.precision, "cuda: GEMM precision (fp32, tf32, bf16: operands in bf16)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fp32", "tf32", "bf16"}));
   if (const int code = additive::flags::parse(app, argc, argv); code >= 0) return code;
   try {
+    check_device(f);
     train.seed = static_cast<std::uint64_t>(f.seed);
     return f.dtype == "double" ? run<double>(f, train) : run<float>(f, train);
   } catch (const additive::InputError& e) {

@@ -51,9 +51,10 @@ elif [ -z "$nvcc_path" ]; then
 else
   stage "configure (cuda-release, $nvcc_path)"
   cmake --preset cuda-release -DCMAKE_CUDA_COMPILER="$nvcc_path" -DADDITIVE_PYTHON="$python"
-  stage "build (cuda-release: CUDA targets only)"
-  cmake --build --preset cuda-release -j2 --target additive_cuda_header_check \
-    $(cd "$root/tests" && ls test_cuda_*.cu 2>/dev/null | sed 's/\.cu$//')
+  stage "build (cuda-release: CUDA targets only: header check, CUDA tests, GPU benchmarks, the drivers with --device cuda)"
+  cmake --build --preset cuda-release -j2 --target additive_cuda_header_check train search \
+    $(cd "$root/tests" && ls test_cuda_*.cu 2>/dev/null | sed 's/\.cu$//') \
+    $(cd "$root/benchmarks" && ls *.cu 2>/dev/null | sed 's/\.cu$//')
   stage "test (cuda-release: label cuda; skips without a GPU)"
   ctest --preset cuda-release -L cuda
 fi

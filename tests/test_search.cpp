@@ -6,6 +6,8 @@
 #include <fstream>
 #include <random>
 #include <set>
+#include <string>
+#include <vector>
 
 #include "additive/exp/search.hpp"
 
@@ -134,6 +136,34 @@ TEST_CASE("results are identical for 1 and 2 workers, and a resumed search match
     std::filesystem::remove(temp_path("garbage"));
   }
   std::filesystem::remove(path);
+}
+
+TEST_CASE("the search on 3 thread ranks equals one process, and an error on one rank stops all") {
+  const auto train_set = synthetic(96, 1);
+  const auto val_set = synthetic(48, 2);
+  const ImageDataset empty{0, 4, 5, 4, {}, {}};
+  const DatasetView tv(train_set), vv(val_set);
+  const nlohmann::json data{{"synthetic", 1}};
+  const SearchOptions options{.sample = 8, .sample_seed = 2, .seeds = 2, .top_k = 4, .workers = 1};
+  const auto want = StructureSearch<Default>(model, train, options).run(tv, vv, {}, false, data, false);
+  std::vector<SearchReport> got(3);
+  dist::run_threads(3, [&](dist::ThreadComm& comm) {
+    StructureSearch<Default> s(model, train, options);
+    got[static_cast<std::size_t>(comm.rank())] = s.run(comm, tv, vv, {}, false, data, false);
+    CHECK(s.runs_trained() == 8 * 2);
+  });
+  for (const auto& g : got) check_same_ranking(g, want);
+
+  std::vector<std::string> errors(3);
+  dist::run_threads(3, [&](dist::ThreadComm& comm) {
+    StructureSearch<Default> s(model, train, options);
+    try {
+      s.run(comm, comm.rank() == 1 ? DatasetView(empty) : tv, vv, {}, false, data, false);
+    } catch (const InputError& e) {
+      errors[static_cast<std::size_t>(comm.rank())] = e.what();
+    }
+  });
+  for (const auto& e : errors) CHECK(e == "training set is empty");
 }
 
 TEST_CASE("Kendall's tau-b against hand-computed values") {

@@ -4,7 +4,9 @@
 // first and trained once. Workers are threads, each training a different structure
 // single-threaded, so the results are the same for any worker count. Every finished
 // run is written to the results file at once (atomically), and a search started again
-// with `resume` trains only what is missing.
+// with `resume` trains only what is missing. On several ranks (MPI processes, threads:
+// any Communicator) the runs are dealt to the ranks and gathered, and only rank 0 reads
+// and writes the results file: the results are those of one process (docs/search.md).
 #pragma once
 
 #include <fmt/format.h>
@@ -19,7 +21,11 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
+#include <span>
+#include <sstream>
+#include <string>
 #include <thread>
 #include <tuple>
 #include <vector>
@@ -29,6 +35,10 @@
 #include "additive/core/error.hpp"
 #include "additive/cpu/mlp_model.hpp"
 #include "additive/data/dataset.hpp"
+#include "additive/dist/collectives.hpp"
+#include "additive/dist/communicator.hpp"
+#include "additive/dist/thread_comm.hpp"
+#include "additive/exp/device_runner.hpp"
 #include "additive/exp/progress.hpp"
 #include "additive/exp/report.hpp"
 #include "additive/exp/search_types.hpp"
@@ -104,6 +114,12 @@ class StructureSearch {
     train_.validate();
     options_.validate(mask_type::count);
   }
+
+  /// Trains this process's jobs through `runner` (an accelerator backend, set by a driver
+  /// built with one) instead of on `workers` CPU threads; empty: the CPU. Each run keeps
+  /// its seed, epochs and data order, so results differ from the CPU's only by the
+  /// backend's arithmetic.
+  void set_device_runner(DeviceJobRunner runner) { device_runner_ = std::move(runner); }
 
   /// The structures considered: all of them, or a seeded sample, in increasing mask order.
   [[nodiscard]] std::vector<std::uint64_t> candidates() const {
@@ -185,7 +201,8 @@ class StructureSearch {
             {"data", data_identity}};
   }
 
-  /// Training runs this object has executed (not counting those a resume found done).
+  /// Training runs this search has executed, on all ranks (not counting those a resume
+  /// found done).
   [[nodiscard]] std::int64_t runs_trained() const noexcept { return runs_trained_; }
   /// Epochs trained by this object (runs_trained() weighted by each run's epochs): with
   /// training_seconds(), the search throughput in structure-epochs per unit of time.
@@ -198,17 +215,48 @@ class StructureSearch {
   /// source) so that a resume on other data is refused.
   SearchReport run(const DatasetView& train, const DatasetView& val, const std::filesystem::path& results,
                    bool resume, const nlohmann::json& data_identity, bool progress = true) {
+    dist::ThreadGroup one(1);
+    auto comm = one.join(0);
+    return run(comm, train, val, results, resume, data_identity, progress);
+  }
+
+  /// The same search on the ranks of `comm`, collective: every rank passes the same
+  /// settings and data (checked). The runs missing from the results are dealt to the
+  /// ranks round-robin, in rounds; each rank trains its share on its `workers` threads;
+  /// after each round every rank has every record, and rank 0 alone reads `results`
+  /// (its text is broadcast), writes it and shows progress. The report, and the file, equal
+  /// a one-rank search's bit for bit (every run is seeded and single-threaded). An error
+  /// on any rank is thrown on every rank (dist::raise_together), never a hang.
+  template <Communicator C>
+  SearchReport run(C& comm, const DatasetView& train, const DatasetView& val,
+                   const std::filesystem::path& results, bool resume, const nlohmann::json& data_identity,
+                   bool progress = true) {
     const auto masks = candidates();
     const auto groups = options_.dedupe ? equivalence_groups(masks) : singleton_groups(masks);
     const auto settings_json = settings(data_identity);
+    dist::check_consistent(comm, "search settings and equivalence groups",
+                           settings_json.dump() + nlohmann::json(groups).dump());
+    const bool root = comm.rank() == 0;
+    progress = progress && root;
+    // Only rank 0 writes (the other ranks train with no results file).
+    const std::filesystem::path own_results = root ? results : std::filesystem::path();
+    {
+      double total = options_.workers;  // the ranks' threads together size the rounds
+      comm.all_reduce_sum(std::span<double>(&total, 1));
+      all_workers_ = static_cast<std::size_t>(total);
+    }
     runs_.clear();
-    if (resume) load_runs(results, settings_json);
+    if (resume) {
+      std::optional<std::string> text;
+      if (root) text = read_text(results);
+      load_runs(results, dist::broadcast_text(comm, text, 0), settings_json);
+    }
 
     // Short phase: every representative with every seed.
     std::vector<Job> jobs;
     for (const auto& g : groups)
       for (int r = 0; r < options_.seeds; ++r) jobs.push_back({"short", g.front(), r, train_.epochs});
-    execute(jobs, train, val, results, settings_json, groups, progress, "search");
+    execute(comm, jobs, train, val, own_results, settings_json, groups, progress, "search");
 
     SearchReport report = build_report(masks, groups);
 
@@ -219,7 +267,7 @@ class StructureSearch {
       std::vector<Job> long_jobs;
       for (std::size_t i = 0; i < n; ++i)
         long_jobs.push_back({"long", report.entries[i].mask, 0, options_.long_epochs});
-      execute(long_jobs, train, val, results, settings_json, groups, progress, "long check");
+      execute(comm, long_jobs, train, val, own_results, settings_json, groups, progress, "long check");
       RankTrust trust{train_.epochs, options_.long_epochs, {}, {}, {}, 0};
       for (std::size_t i = 0; i < n; ++i) {
         trust.masks.push_back(report.entries[i].mask);
@@ -229,7 +277,7 @@ class StructureSearch {
       trust.tau = kendall_tau_b(trust.short_acc, trust.long_acc);
       report.trust = trust;
     }
-    if (!results.empty()) save(results, settings_json, groups, &report);
+    if (!own_results.empty()) save(own_results, settings_json, groups, &report);
     return report;
   }
 
@@ -265,8 +313,13 @@ class StructureSearch {
                      std::chrono::duration<double>(ProgressBar::Clock::now() - t0).count()};
   }
 
-  /// Trains the jobs not in runs_ on `workers` threads, saving after each.
-  void execute(const std::vector<Job>& all, const DatasetView& train, const DatasetView& val,
+  /// Trains the jobs not in runs_ on the ranks of `comm`. One rank: one round, every run
+  /// saved as it finishes. Several: rounds of two jobs per worker thread of all ranks,
+  /// dealt round-robin (job i of a round to rank i mod P; static, so that no messages but
+  /// collectives are needed and any Communicator does); after each round the records are
+  /// gathered on every rank and rank 0 saves, so a killed search loses at most a round.
+  template <Communicator C>
+  void execute(C& comm, const std::vector<Job>& all, const DatasetView& train, const DatasetView& val,
                const std::filesystem::path& results, const nlohmann::json& settings_json,
                const std::vector<std::vector<std::uint64_t>>& groups, bool progress,
                const std::string& label) {
@@ -278,10 +331,99 @@ class StructureSearch {
       std::fprintf(stderr, "%s: %zu of %zu runs already in %s\n", label.c_str(), all.size() - todo.size(),
                    all.size(), results.string().c_str());
     ProgressBar bar(label, static_cast<std::int64_t>(todo.size()), 1.0, "runs", progress ? stderr : nullptr);
+    std::int64_t done = 0;
+    const auto p = static_cast<std::size_t>(comm.size());
+    const auto r = static_cast<std::size_t>(comm.rank());
+    const std::size_t round = p == 1 ? todo.size() : 2 * std::max(all_workers_, p);
+    const auto t0 = ProgressBar::Clock::now();
+    for (std::size_t begin = 0; begin < todo.size(); begin += round) {
+      const std::size_t end = std::min(todo.size(), begin + round);
+      std::vector<Job> mine;
+      for (std::size_t i = begin + r; i < end; i += p) mine.push_back(todo[i]);
+      std::exception_ptr failure;
+      try {
+        train_local(mine, train, val, results, settings_json, groups, bar, done);
+      } catch (...) {
+        failure = std::current_exception();
+      }
+      dist::raise_together(comm, failure);
+      if (p > 1) {
+        gather_records(comm, mine, bar, done);
+        try {
+          if (!results.empty()) save(results, settings_json, groups, nullptr);
+        } catch (...) {
+          failure = std::current_exception();
+        }
+        dist::raise_together(comm, failure);  // rank 0's failed save stops every rank
+      }
+    }
+    training_seconds_ += std::chrono::duration<double>(ProgressBar::Clock::now() - t0).count();
+  }
+
+  /// After a round: every rank's records into runs_ on every rank (exact: dist::all_gather).
+  template <Communicator C>
+  void gather_records(C& comm, const std::vector<Job>& mine, ProgressBar& bar, std::int64_t& done) {
+    static_assert(F::gates <= 53, "masks travel as doubles: at most 53 gates");
+    constexpr std::size_t fields = 8;
+    std::vector<double> out;
+    for (const auto& j : mine) {
+      const auto& rec = runs_.at({j.phase, j.mask, j.seed});
+      out.insert(out.end(), {rec.phase == "long" ? 1.0 : 0.0, static_cast<double>(rec.mask),
+                             static_cast<double>(rec.seed), rec.val_accuracy, rec.val_loss, rec.train_loss,
+                             rec.seconds, static_cast<double>(j.epochs)});
+    }
+    const auto all = dist::all_gather(comm, std::span<const double>(out));
+    for (std::size_t q = 0; q < all.size(); ++q) {
+      if (static_cast<int>(q) == comm.rank()) continue;
+      for (std::size_t k = 0; k + fields <= all[q].size(); k += fields) {
+        const double* v = all[q].data() + k;
+        RunRecord rec{v[0] == 1.0 ? "long" : "short",
+                      static_cast<std::uint64_t>(v[1]),
+                      static_cast<int>(v[2]),
+                      v[3],
+                      v[4],
+                      v[5],
+                      v[6]};
+        runs_[{rec.phase, rec.mask, rec.seed}] = rec;
+        ++runs_trained_;
+        epochs_trained_ += static_cast<std::int64_t>(v[7]);
+        bar.update(++done);
+      }
+    }
+  }
+
+  /// This rank's share of a round: trains `todo` on `workers` threads, recording each run
+  /// in runs_ and, when `results` is set (rank 0), saving it at once.
+  void train_local(const std::vector<Job>& todo, const DatasetView& train, const DatasetView& val,
+                   const std::filesystem::path& results, const nlohmann::json& settings_json,
+                   const std::vector<std::vector<std::uint64_t>>& groups, ProgressBar& bar,
+                   std::int64_t& done) {
+    if (todo.empty()) return;
+    if (device_runner_) {  // the accelerator trains the whole list (concurrently, as it sees fit)
+      std::vector<DeviceJob> jobs;
+      for (const Job& j : todo) {
+        TrainOptions o = train_;
+        o.seed = train_.seed + static_cast<std::uint64_t>(j.seed);
+        o.epochs = j.epochs;
+        jobs.push_back({j.mask, o});
+      }
+      device_runner_(jobs, train, val, [&](std::size_t i, const TrainResult& result, double seconds) {
+        const Job& j = todo.at(i);
+        const auto& last = result.epochs.back();
+        const RunRecord rec{j.phase,       j.mask,          j.seed, last.val.accuracy,
+                            last.val.loss, last.train_loss, seconds};
+        runs_[{rec.phase, rec.mask, rec.seed}] = rec;
+        ++runs_trained_;
+        epochs_trained_ += j.epochs;
+        if (!results.empty()) save(results, settings_json, groups, nullptr);
+        bar.update(++done,
+                   fmt::format("last {} {:.2f}%", F::to_string(mask_type(rec.mask)), 100 * rec.val_accuracy));
+      });
+      return;
+    }
     std::atomic<std::size_t> next{0};
     std::mutex mutex;
     std::exception_ptr failure;
-    std::int64_t done = 0;
     auto worker = [&] {
       for (std::size_t i = next++; i < todo.size(); i = next++) {
         {
@@ -305,13 +447,11 @@ class StructureSearch {
       }
     };
     const int n = std::max(1, std::min<int>(options_.workers, static_cast<int>(todo.size())));
-    const auto t0 = ProgressBar::Clock::now();
     {
       std::vector<std::jthread> threads;
       for (int t = 1; t < n; ++t) threads.emplace_back(worker);
       worker();
     }
-    training_seconds_ += std::chrono::duration<double>(ProgressBar::Clock::now() - t0).count();
     if (failure) std::rethrow_exception(failure);
   }
 
@@ -367,12 +507,23 @@ class StructureSearch {
     write_file_atomically(path, j.dump(1) + "\n");
   }
 
-  void load_runs(const std::filesystem::path& path, const nlohmann::json& settings_json) {
-    std::ifstream in(path);
-    if (!in) throw InputError(fmt::format("cannot resume: results file '{}' cannot be read", path.string()));
+  /// The file's text, or nothing when it cannot be opened.
+  static std::optional<std::string> read_text(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return std::nullopt;
+    std::ostringstream text;
+    text << in.rdbuf();
+    return std::move(text).str();
+  }
+
+  /// `text`: the results file's contents as rank 0 read them (nothing: unreadable).
+  void load_runs(const std::filesystem::path& path, const std::optional<std::string>& text,
+                 const nlohmann::json& settings_json) {
+    if (!text)
+      throw InputError(fmt::format("cannot resume: results file '{}' cannot be read", path.string()));
     nlohmann::json j;
     try {
-      j = nlohmann::json::parse(in);
+      j = nlohmann::json::parse(*text);
       for (const auto& [key, value] : settings_json.items()) {
         if (!j.contains(key))
           throw InputError(fmt::format("cannot resume: results file '{}' has no '{}'", path.string(), key));
@@ -413,6 +564,8 @@ class StructureSearch {
   TrainOptions train_;
   SearchOptions options_;
   std::map<RunKey, RunRecord> runs_;
+  std::size_t all_workers_ = 1;      ///< worker threads of all ranks together (sizes the rounds)
+  DeviceJobRunner device_runner_{};  ///< empty: train on CPU threads
   std::int64_t runs_trained_ = 0;
   std::int64_t epochs_trained_ = 0;
   double training_seconds_ = 0;
