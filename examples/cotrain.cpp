@@ -26,6 +26,7 @@
 #include "additive/exp/evaluate_all.hpp"
 #include "additive/exp/report.hpp"
 #include "additive/io/atomic_file.hpp"
+#include "additive/nn/cost.hpp"
 #ifdef ADDITIVE_HAS_MPI
 #include "additive/dist/mpi_comm.hpp"
 #endif
@@ -173,23 +174,40 @@ int report(const Flags& f, const Plan& plan, const Setup& s, int workers, const 
 
   const auto n_params = static_cast<std::int64_t>(params.size());
   const std::int64_t sync_bytes = result.steps * n_params * static_cast<std::int64_t>(sizeof(Scalar));
+  // Each structure's communication under S-way tensor parallelism (DESIGN section 5,
+  // nn/cost.hpp: what dist::TensorParallelMlp sends), per step at this batch, against dense.
+  const auto dense = mlp_cost<F>(s.model, typename F::mask_type((std::uint64_t{1} << F::gates) - 1),
+                                 s.train.batch, static_cast<int>(sizeof(Scalar)));
   nlohmann::json structures = nlohmann::json::array();
-  std::string csv = "mask,structure,cotrained_accuracy,cotrained_loss,solo_accuracy\n";
-  std::printf("\n%-8s %-28s %10s %10s\n", "mask", "structure", "co-trained", "alone");
+  std::string csv =
+      "mask,structure,cotrained_accuracy,cotrained_loss,solo_accuracy,tp_allreduces_per_step,tp_bytes_per_"
+      "step,"
+      "tp_fraction_of_dense\n";
+  std::printf("\n%-8s %-28s %10s %10s %12s %9s\n", "mask", "structure", "co-trained", "alone",
+              "TP bytes/step", "of dense");
   for (std::size_t i = 0; i < plan.masks.size(); ++i) {
     const auto m = plan.masks[i];
     const auto name = F::to_string(typename F::mask_type(m));
     const auto solo = solo_of(plan, m);
+    const auto cost =
+        mlp_cost<F>(s.model, typename F::mask_type(m), s.train.batch, static_cast<int>(sizeof(Scalar)));
+    const double of_dense = dense.comm_bytes > 0 ? cost.comm_bytes / dense.comm_bytes : 0.0;
     structures.push_back({{"mask", m},
                           {"mask_hex", fmt::format("{:#x}", m)},
                           {"structure", name},
                           {"cotrained_accuracy", own[i].accuracy},
                           {"cotrained_loss", own[i].loss},
-                          {"solo_accuracy", solo}});
-    csv += fmt::format("{:#x},\"{}\",{},{},{}\n", m, name, own[i].accuracy, own[i].loss,
-                       solo.is_null() ? std::string() : fmt::format("{}", solo.get<double>()));
-    std::printf("%-8s %-28s %10.4f %10s\n", fmt::format("{:#x}", m).c_str(), name.c_str(), own[i].accuracy,
-                solo.is_null() ? "-" : fmt::format("{:.4f}", solo.get<double>()).c_str());
+                          {"solo_accuracy", solo},
+                          {"tp_allreduces_per_step", cost.allreduces},
+                          {"tp_bytes_per_step", cost.comm_bytes},
+                          {"tp_seconds_per_step", cost.comm_seconds},
+                          {"tp_fraction_of_dense", of_dense}});
+    csv += fmt::format("{:#x},\"{}\",{},{},{},{},{},{}\n", m, name, own[i].accuracy, own[i].loss,
+                       solo.is_null() ? std::string() : fmt::format("{}", solo.get<double>()),
+                       cost.allreduces, cost.comm_bytes, of_dense);
+    std::printf("%-8s %-28s %10.4f %10s %12s %9.3f\n", fmt::format("{:#x}", m).c_str(), name.c_str(),
+                own[i].accuracy, solo.is_null() ? "-" : fmt::format("{:.4f}", solo.get<double>()).c_str(),
+                detail::report::human_bytes(cost.comm_bytes).c_str(), of_dense);
   }
   nlohmann::json all_json = nlohmann::json::array();
   std::string all_csv = "mask,structure,cotrained,accuracy,loss,solo_accuracy\n";
@@ -224,6 +242,7 @@ int report(const Flags& f, const Plan& plan, const Setup& s, int workers, const 
        workers > 1 ? double(c.payload_bytes) * 2.0 * double(workers - 1) / double(workers) : 0.0},
       {"synchronous_payload_bytes", sync_bytes},
       {"fraction_of_synchronous", sync_bytes > 0 ? double(c.payload_bytes) / double(sync_bytes) : 0.0},
+      {"tensor_parallel_dense_bytes_per_step", dense.comm_bytes},
       {"checksums", c.checksums},
       {"checksum_bytes", c.checksum_bytes},
       {"all_reduce_seconds", c.seconds}};

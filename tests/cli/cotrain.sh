@@ -57,6 +57,11 @@ j = json.load(open(d + "/cotrain.json"))
 s = j["structures"]
 assert [e["mask"] for e in s] == [63, 21], s
 assert [e["solo_accuracy"] for e in s] == [0.81, 0.71], s          # results.json wins over topk
+# Tensor-parallel traffic (nn/cost.hpp): dense, one 4-way segment per block, forward and
+# backward: 4 all-reduces of 1.5 activations; 0x15 = [12|34] . [1|23|4]: 6 of 1.0. Same bytes.
+assert [e["tp_allreduces_per_step"] for e in s] == [4, 6], s
+assert [e["tp_fraction_of_dense"] for e in s] == [1.0, 1.0], s
+assert s[0]["tp_bytes_per_step"] == j["communication"]["tensor_parallel_dense_bytes_per_step"] > 0, s
 a = {e["mask"]: e for e in j["all_structures"]}
 assert len(a) == 64 and a[5]["solo_accuracy"] == 0.71 and a[1]["solo_accuracy"] is None
 assert a[63]["cotrained"] and not a[1]["cotrained"]
