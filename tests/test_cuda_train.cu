@@ -179,8 +179,8 @@ TEST_CASE("concurrent training equals training each structure alone") {
     CAPTURE(max_active);
     cuda::ConcurrentTrainer<F> many(model_config, quiet, {}, max_active);
     std::vector<std::size_t> finished;
-    const auto results =
-        many.fit(jobs, d.train, d.val, [&](std::size_t j, const TrainResult&, double) { finished.push_back(j); });
+    const auto results = many.fit(jobs, d.train, d.val,
+                                  [&](std::size_t j, const TrainResult&, double) { finished.push_back(j); });
     REQUIRE(results.size() == jobs.size());
     CHECK(finished.size() == jobs.size());
     for (std::size_t j = 0; j < jobs.size(); ++j) {
