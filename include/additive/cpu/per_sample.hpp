@@ -246,16 +246,7 @@ class PerSampleMlp {
     if (params.size() != layout().total())
       throw RuntimeError("PerSampleMlp: parameter buffer has " + std::to_string(params.size()) +
                          " elements, the layout has " + std::to_string(layout().total()));
-    if (x.rows != config_.in_dim)
-      throw InputError("input has " + std::to_string(x.rows) + " features, the model expects " +
-                       std::to_string(config_.in_dim));
-    if (x.cols < 1 || static_cast<Index>(labels.size()) != x.cols)
-      throw InputError("batch of " + std::to_string(x.cols) + " inputs has " + std::to_string(labels.size()) +
-                       " labels");
-    for (std::size_t i = 0; i < labels.size(); ++i)
-      if (labels[i] < 0 || labels[i] >= config_.classes)
-        throw InputError("label " + std::to_string(labels[i]) + " of sample " + std::to_string(i) +
-                         " is outside [0, " + std::to_string(config_.classes) + ")");
+    check_mlp_batch(config_, x, labels);
   }
 
   void resize_streams(Index batch) {

@@ -194,4 +194,25 @@ void init_mlp_params(const MlpConfig& c, int nblocks, std::uint64_t seed, std::s
   }
 }
 
+/// Throws InputError unless x has the model's in_dim rows.
+template <class T>
+void check_mlp_input(const MlpConfig& c, MatView<const T> x) {
+  if (x.rows != c.in_dim)
+    throw InputError("input has " + std::to_string(x.rows) + " features, the model expects " +
+                     std::to_string(c.in_dim));
+}
+
+/// Throws InputError unless x is (in_dim, batch >= 1) with one label in [0, classes) per sample.
+template <class T>
+void check_mlp_batch(const MlpConfig& c, MatView<const T> x, std::span<const std::int32_t> labels) {
+  check_mlp_input(c, x);
+  if (x.cols < 1 || static_cast<Index>(labels.size()) != x.cols)
+    throw InputError("batch of " + std::to_string(x.cols) + " inputs has " + std::to_string(labels.size()) +
+                     " labels");
+  for (std::size_t i = 0; i < labels.size(); ++i)
+    if (labels[i] < 0 || labels[i] >= c.classes)
+      throw InputError("label " + std::to_string(labels[i]) + " of sample " + std::to_string(i) +
+                       " is outside [0, " + std::to_string(c.classes) + ")");
+}
+
 }  // namespace additive

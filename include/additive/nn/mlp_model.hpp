@@ -226,20 +226,9 @@ class BasicMlpModel {
       throw RuntimeError(std::string("MlpModel: ") + what + " buffer has " + std::to_string(n) +
                          " elements, the layout has " + std::to_string(layout_.total()));
   }
-  void check_input(MatView<const T> x) const {
-    if (x.rows != config_.in_dim)
-      throw InputError("input has " + std::to_string(x.rows) + " features, the model expects " +
-                       std::to_string(config_.in_dim));
-  }
+  void check_input(MatView<const T> x) const { check_mlp_input(config_, x); }
   void check_labels(MatView<const T> x, std::span<const std::int32_t> labels) const {
-    check_input(x);
-    if (x.cols < 1 || static_cast<Index>(labels.size()) != x.cols)
-      throw InputError("batch of " + std::to_string(x.cols) + " inputs has " + std::to_string(labels.size()) +
-                       " labels");
-    for (std::size_t i = 0; i < labels.size(); ++i)
-      if (labels[i] < 0 || labels[i] >= config_.classes)
-        throw InputError("label " + std::to_string(labels[i]) + " of sample " + std::to_string(i) +
-                         " is outside [0, " + std::to_string(config_.classes) + ")");
+    check_mlp_batch(config_, x, labels);
   }
   void check_reserved(MatView<const T> x) const {
     check_input(x);
