@@ -11,11 +11,20 @@
 // prints the measured speedup and its share of that bound per case and thread count.
 //
 //   bench_evaluate_all [--benchmark_filter=search] [Google Benchmark flags]
+//   bench_evaluate_all --paired=N [--case=search|foundation] [--threads=T]
+//
+// --paired=N: on a shared machine the speed drifts between the minutes the runs above take,
+// so this mode alternates the methods instead: N rounds of one naive run next to the median
+// of five tree runs, in one process, and prints each round's CPU-time speedup and the
+// median over rounds as a share of the FLOP-ratio bound. ADDITIVE_BENCH_TREE_BLOCK sets the
+// tree's block (EvalAllOptions::tree_block; default 64 per thread).
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <map>
 #include <random>
 #include <string>
@@ -90,6 +99,52 @@ void evaluate_all(benchmark::State& state, const std::string& name, const MlpCon
   state.SetLabel(std::to_string(masks.size()) + " structures x " + std::to_string(samples) + " samples");
 }
 
+/// Process CPU seconds of one evaluation of every structure.
+template <class F>
+double cpu_seconds(const MlpConfig& config, const DatasetView& data, const std::vector<T>& params,
+                   const std::vector<std::uint64_t>& masks, const EvalAllOptions& options) {
+  const std::clock_t start = std::clock();
+  const auto results = evaluate_structures<F, T>(config, params, data, masks, options);
+  benchmark::DoNotOptimize(results.data());
+  return double(std::clock() - start) / CLOCKS_PER_SEC;
+}
+
+/// The --paired mode (see the top of the file).
+template <class F>
+void paired(const std::string& name, const MlpConfig& config, std::int64_t samples, int threads, int rounds) {
+  static const ImageDataset images = random_images(2048, 7);
+  const DatasetView data = limit(DatasetView(images), samples);
+  std::vector<T> params(mlp_layout(config, F::blocks).total());
+  init_mlp_params<T>(config, F::blocks, 1, params);
+  std::vector<std::uint64_t> masks(std::size_t{1} << F::gates);
+  for (std::size_t i = 0; i < masks.size(); ++i) masks[i] = i;
+  const double bound = evaluate_flops<F>(config, masks).ratio();
+  EvalAllOptions naive{.threads = threads, .chunk = bench_chunk(), .method = EvalMethod::naive};
+  EvalAllOptions tree = naive;
+  tree.method = EvalMethod::prefix_tree;
+  if (const char* env = std::getenv("ADDITIVE_BENCH_TREE_BLOCK")) tree.tree_block = std::atoll(env);
+  (void)cpu_seconds<F>(config, data, params, masks, tree);  // warm-up
+  const Index block = tree.tree_block > 0 ? tree.tree_block : cpu::column_task * threads;
+  std::printf("%s, %d thread(s), chunk %lld, tree block %lld, FLOP-ratio bound %.2f\n", name.c_str(), threads,
+              static_cast<long long>(bench_chunk()), static_cast<long long>(block), bound);
+  std::printf("%6s %13s %12s %8s %9s\n", "round", "naive cpu ms", "tree cpu ms", "speedup", "of bound");
+  std::vector<double> speedups;
+  for (int r = 0; r < rounds; ++r) {
+    const double n = cpu_seconds<F>(config, data, params, masks, naive);
+    std::vector<double> t;
+    for (int i = 0; i < 5; ++i) t.push_back(cpu_seconds<F>(config, data, params, masks, tree));
+    std::nth_element(t.begin(), t.begin() + 2, t.end());
+    speedups.push_back(n / t[2]);
+    std::printf("%6d %13.1f %12.1f %8.2f %8.0f%%\n", r + 1, n * 1e3, t[2] * 1e3, n / t[2],
+                100 * n / t[2] / bound);
+    std::fflush(stdout);
+  }
+  std::sort(speedups.begin(), speedups.end());
+  const double median = speedups[speedups.size() / 2];
+  std::printf("median speedup %.2f = %.0f%% of the bound (range %.0f-%.0f%%)\n", median, 100 * median / bound,
+              100 * speedups.front() / bound, 100 * speedups.back() / bound);
+}
+
 /// Wall seconds per iteration of every run, kept for the summary.
 class Collector : public benchmark::ConsoleReporter {
  public:
@@ -135,6 +190,26 @@ int main(int argc, char** argv) {
           ->MeasureProcessCPUTime()
           ->MinTime(method == EvalMethod::naive ? 0.5 : 1.0);
     }
+  int rounds = 0, threads = 1;
+  std::string only = "search";
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind("--paired=", 0) == 0) rounds = std::atoi(arg.c_str() + 9);
+    if (arg.rfind("--case=", 0) == 0) only = arg.substr(7);
+    if (arg.rfind("--threads=", 0) == 0) threads = std::atoi(arg.c_str() + 10);
+  }
+  if (rounds > 0) {
+    if (threads < 1 || (only != "search" && only != "foundation")) {
+      std::fprintf(stderr,
+                   "bench_evaluate_all: --paired needs --case=search|foundation and --threads >= 1\n");
+      return 1;
+    }
+    if (only == "search")
+      paired<SearchFamily>(only, search_config, 2048, threads, rounds);
+    else
+      paired<FoundationFamily>(only, foundation_config, 512, threads, rounds);
+    return 0;
+  }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   Collector reporter;

@@ -68,6 +68,7 @@ void check_logits(std::uint64_t seed) {
   const MatView<const double> x(xs.data(), small.in_dim, batch);
 
   cpu::PrefixTreeForward<F, double> tree(small, masks, 1);
+  tree.set_block_cols(128);  // the whole batch at once
   tree.forward(params, x);
   REQUIRE(tree.size() == masks.size());
 
@@ -84,6 +85,17 @@ void check_logits(std::uint64_t seed) {
   }
   MESSAGE(F::describe() << ": worst relative logit difference " << worst);
   CHECK(worst <= rel_tol);
+
+  // Blocks of 64 samples (the batch split in two, the second partial) give the bits of one
+  // block over the whole batch, thread count included.
+  static_assert(batch > 64 && batch % 64 != 0);
+  cpu::PrefixTreeForward<F, double> blocked(small, masks, 2);
+  blocked.set_block_cols(64);
+  blocked.forward(params, x);
+  for (std::size_t i = 0; i < masks.size(); ++i)
+    CHECK(test::to_vector(blocked.logits(i)) == test::to_vector(tree.logits(i)));
+  CHECK_THROWS_AS(blocked.set_block_cols(96), InputError);
+  CHECK_THROWS_AS(blocked.set_block_cols(0), InputError);
 
   // Non-trivial: the structures compute as many different functions as DESIGN says.
   std::vector<std::vector<double>> distinct;
@@ -164,6 +176,9 @@ void check_evaluate(std::uint64_t seed) {
 
   // Threads: the backend's fixed tasks make this bitwise.
   check_equal(evaluate_structures<F, double>(small, p, data, masks, {.threads = 2, .chunk = 32}), tree);
+  // The tree's block size: bitwise too (83 samples: one block of 128, or 64 + 19).
+  check_equal(evaluate_structures<F, double>(small, p, data, masks, {.chunk = 100, .tree_block = 64}),
+              evaluate_structures<F, double>(small, p, data, masks, {.chunk = 100, .tree_block = 128}));
   // Chunk size: the samples are scored in different groups, the sums added in another order.
   check_close(evaluate_structures<F, double>(small, p, data, masks, {.chunk = 7}), tree);
   check_close(evaluate_structures<F, double>(small, p, data, masks, {.chunk = 1000}), tree);

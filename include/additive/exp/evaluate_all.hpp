@@ -12,7 +12,9 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <optional>
 #include <span>
@@ -46,6 +48,9 @@ struct EvalAllOptions {
   Index chunk = 256;
   EvalMethod method = EvalMethod::prefix_tree;
   bool show_progress = false;
+  /// prefix_tree only: samples it computes at once, a multiple of 64, or 0 for 64 per
+  /// thread. Small blocks keep a block's tensors in cache; the results do not depend on it.
+  Index tree_block = 0;
 };
 
 /// GEMM FLOPs (2*M*N*K summed) of one forward pass over all structures, per sample.
@@ -72,6 +77,7 @@ class PrefixTreeForward {
       : config_((config.validate(S), config)), layout_(mlp_layout(config, L)), backend_(threads) {
     if (masks.empty()) throw InputError("evaluate_structures: no structures to evaluate");
     build_plan(masks);
+    block_ = column_task * backend_.threads();
   }
 
   [[nodiscard]] std::size_t size() const noexcept { return logits_of_.size(); }
@@ -91,11 +97,12 @@ class PrefixTreeForward {
   [[nodiscard]] EvalFlops flops() const noexcept { return flops_; }
   /// The part of flops().tree spent in the head (computed outside the backend, so not in
   /// backend().counters()): one head product per final stream held in memory, per input
-  /// stream of the last block that a final stream reads and per last-block node; with the
+  /// stream of the last block that a final stream reads and per last-block per-shard
+  /// product that a final stream reads; with the
   /// final norm also one d-long dot product per final stream the last block outputs.
   [[nodiscard]] double head_flops() const noexcept {
     const double d = double(config_.d);
-    const double products = double(final_stored_.size() + final_inputs_.size() + final_nodes_.size());
+    const double products = double(final_stored_.size() + final_inputs_.size() + final_terms_.size());
     const double dots = F::final_norm == FinalNorm::per_stream ? double(final_pairs_) : 0.0;
     return 2.0 * double(config_.classes) * d * products + 2.0 * d * dots;
   }
@@ -129,6 +136,25 @@ class PrefixTreeForward {
             }))
           backend_.pack_tn(down_pack_[idx(l)][idx(j)], bp.down_t.rows_range(j * hs, hs));
     }
+    // head' = head^T scaled by the final norm's weight (per row), its classes padded to a
+    // whole packet with zero columns, packed for the tile stage's head products.
+    const Index classes = config_.classes;
+    const auto head_t = map(MatView<const T>(p.head_t));  // (d, classes)
+    head_w_ = EigenMat<T>::Zero(config_.d, padded_classes());
+    head_w_.leftCols(classes) = head_t;
+    const Index cp = padded_classes();
+    head_beta_.assign(idx(int(cp)), T(0));
+    head_b_.assign(idx(int(cp)), T(0));
+    std::copy_n(p.head_b, classes, head_b_.begin());
+    score_mask_.assign(idx(int(cp)), -std::numeric_limits<T>::infinity());
+    std::fill_n(score_mask_.begin(), classes, T(0));
+    if constexpr (F::final_norm == FinalNorm::per_stream)
+      for (Index cl = 0; cl < classes; ++cl)
+        for (Index r = 0; r < config_.d; ++r) {
+          head_w_(r, cl) *= p.final_w[r];
+          head_beta_[idx(int(cl))] += head_t(r, cl) * p.final_b[r];
+        }
+    backend_.pack_tn(head_pack_, cview(head_w_));
   }
 
   /// set_params(params), then forward(x).
@@ -143,7 +169,6 @@ class PrefixTreeForward {
   /// the logits are in cache).
   void forward(MatView<const T> x, std::span<const std::int32_t> labels = {}) {
     if (params_.empty()) throw RuntimeError("PrefixTreeForward::forward(x) called before set_params");
-    const std::span<const T> params = params_;
     if (x.rows != config_.in_dim)
       throw InputError("input has " + std::to_string(x.rows) + " features, the model expects " +
                        std::to_string(config_.in_dim));
@@ -158,8 +183,53 @@ class PrefixTreeForward {
           throw InputError("evaluate_structures: label " + std::to_string(y) + " outside [0, " +
                            std::to_string(config_.classes) + ")");
     }
+    if (logits_.size() != finals_.size() || logits_[0].cols() != n) {
+      logits_.assign(finals_.size(), EigenMat<T>(config_.classes, n));
+      tile_scores_.assign(idx(int(task_count(n))), std::vector<Score>(finals_.size()));
+      scores_.assign(finals_.size(), Score{});
+    }
+    // Blocks of at most block_cols() samples, so one block's tensors stay in cache: every
+    // column's arithmetic is the same in any block (fixed column tasks), so this changes no bit.
+    for (Index b0 = 0; b0 < n; b0 += block_) {
+      const Index nb = std::min(block_, n - b0);
+      forward_block(x.cols_range(b0, nb),
+                    labels.empty() ? labels : labels.subspan(idx(int(b0)), idx(int(nb))), b0);
+    }
+    if (!labels.empty())
+      for (std::size_t f = 0; f < finals_.size(); ++f) {
+        Score total;
+        for (const auto& tile : tile_scores_) {  // in tile order: the same sums for any thread count
+          total.loss_sum += tile[f].loss_sum;
+          total.correct += tile[f].correct;
+        }
+        scores_[f] = total;
+      }
+  }
+
+  /// Samples per block of forward(x): a multiple of the backend's column task (64), by
+  /// default 64 per thread. The results do not depend on it (tests check the bits).
+  [[nodiscard]] Index block_cols() const noexcept { return block_; }
+  void set_block_cols(Index cols) {
+    if (cols < column_task || cols % column_task != 0)
+      throw InputError("PrefixTreeForward: block of " + std::to_string(cols) +
+                       " samples is not a positive multiple of " + std::to_string(column_task));
+    block_ = cols;
+  }
+
+  /// Summed cross-entropy and count of correct predictions (first largest logit) over the
+  /// batch of the last forward(x, labels), for structure i.
+  struct Score {
+    double loss_sum = 0;
+    std::int64_t correct = 0;
+  };
+  [[nodiscard]] Score score(std::size_t i) const { return scores_[idx(logits_of_[i])]; }
+
+ private:
+  /// forward(x) on the columns [col0, col0 + x.cols) of the batch.
+  void forward_block(MatView<const T> x, std::span<const std::int32_t> labels, Index col0) {
+    const Index n = x.cols;
     ensure_workspace(n);
-    const MlpParamViews<const T> p(config_, L, params);
+    const MlpParamViews<const T> p(config_, L, params_);
     const T eps = T(config_.norm_eps);
     const Index hs = config_.h / S;
 
@@ -220,17 +290,6 @@ class PrefixTreeForward {
     // (fixed tiles, one task each) so a tile's normed streams stay in cache for the head.
     const Index classes = config_.classes;
     const Index tasks = task_count(n);
-    {
-      const auto head_t = map(MatView<const T>(p.head_t));  // (d, classes)
-      head_w_ = head_t;
-      head_beta_.assign(idx(int(classes)), T(0));
-      if constexpr (F::final_norm == FinalNorm::per_stream)
-        for (Index cl = 0; cl < classes; ++cl)
-          for (Index r = 0; r < config_.d; ++r) {
-            head_w_(r, cl) *= p.final_w[r];
-            head_beta_[idx(int(cl))] += head_t(r, cl) * p.final_b[r];
-          }
-    }
     parallel_tasks(backend_.threads(), tasks, [&](Index t) {
       const Index j0 = t * column_task;
       const Index nj = std::min(column_task, n - j0);
@@ -239,9 +298,6 @@ class PrefixTreeForward {
       const auto head_t = map(MatView<const T>(p.head_t));  // (d, classes)
       // The head as (tile, d) x (d, classes): a GEMM whose M is the tile, not the few classes.
       auto ht = tile_head_[static_cast<std::size_t>(t)].topRows(nj);
-      auto& terms = tile_terms_[static_cast<std::size_t>(t)];
-      const auto& last = blocks_[idx(L - 1)];
-      const auto& last_ws = block_ws_[idx(L - 1)];
       const auto head_of = [&](std::size_t k, MatView<const T> v) {
         auto dst = map(view(head_).block(0, Index(k) * n + j0, classes, nj));
         if constexpr (F::final_norm == FinalNorm::per_stream) {
@@ -255,18 +311,25 @@ class PrefixTreeForward {
       for (const int k : final_stored_)
         head_of(idx(k), MatView<const T>(view(vals_[idx(final_values_[idx(k)])])).cols_range(j0, nj));
       // The last block's outputs Y = u + c Z (u = X_s + b: input stream plus bias; Z: the
-      // node's sum; c = S/|G|) are final streams, and norm and head are affine in Y given the
-      // column's mean and variance:
+      // node's sum of per-shard products P_j; c = S/|G|) are final streams, and norm and head
+      // are affine in Y given the column's mean and variance:
       //   head(norm(Y)) = rstd * (W'(u - mean u) + c W'(Z - mean Z)) + W beta,  W' = W diag(w)
       //   var(Y) = var(u) + c^2 var(Z) + 2c <u - mean u, Z - mean Z> / d
-      // so W'u and var(u) are computed once per input stream, W'Z and var(Z) once per node,
-      // and a (stream, node) pair costs one d-long dot product instead of a residual add,
-      // a norm and a head product. Centred vectors keep the variance free of cancellation.
-      // Without the final norm the head is linear: head(Y) = W u + c W Z.
+      // and since the mean of a sum is the sum of the means, Z - mean Z = sum_j (P_j - mean P_j)
+      // and W'(Z - mean Z) = sum_j W'(P_j - mean P_j). So every P_j is centred in place and
+      // multiplied by the head once (per term, not per node), W'u and var(u) are computed
+      // once per input stream, a node sums its centred terms (one pass, none for a one-term
+      // node) and their head products, and a (stream, node) pair costs one d-long dot
+      // product. Centred vectors keep the variance free of cancellation. Without the final
+      // norm the head is linear: head(Y) = W u + c sum_j W P_j.
       constexpr bool normed = F::final_norm == FinalNorm::per_stream;
       const Index d = config_.d;
+      const Index cp = padded_classes();
       const T inv_d = T(1) / T(d);
-      const auto head_w = map(MatView<const T>(view(head_w_)));  // (d, classes)
+      auto& work = serial_work_[idx(int(t))];
+      const auto head_into = [&](const T* v, T* out) {  // out (cp, nj) = head'^T v, v (d, nj)
+        CpuBackend<T>::gemm_tn_serial(MatView<T>(out, cp, nj), head_pack_, MatView<const T>(v, d, nj), work);
+      };
       auto& ubar = ubar_[idx(int(t))];
       auto& hu = hu_[idx(int(t))];
       auto& uvar = uvar_[idx(int(t))];
@@ -280,86 +343,104 @@ class PrefixTreeForward {
           for (Index r = 0; r < d; ++r) uc[r] = xc[r] + bias[r];
           if constexpr (normed) uvar[i * idx(int(column_task)) + idx(int(j))] = center(uc, d, inv_d);
         }
-        const auto u = Eigen::Map<const EigenMat<T>>(u0, d, nj);
-        ht.noalias() = u.transpose() * head_w;  // (tile, classes): the tile as the GEMM's M
-        hu.middleCols(Index(i) * column_task, nj) = ht.transpose();
+        head_into(u0, &hu(0, Index(i) * column_task));
       }
-      auto& hz = hz_[idx(int(t))];
-      auto& zvar = zvar_[idx(int(t))];
-      T* const z = z_tile_[idx(int(t))].data();
-      for (const auto& fn : final_nodes_) {
-        const auto& no = last.node_outs[idx(fn.node)];
-        collect_terms(last, last_ws, no.zgroup, no.znode, n, terms);
-        const T* const zs = sum_terms(terms, j0, nj, z);
-        if constexpr (normed) {
-          for (Index j = 0; j < nj; ++j) {  // centre into the tile buffer (zs may be a term)
-            const T* __restrict src = zs + j * d;
-            T* __restrict dst = z + j * d;
-            if (src != dst) std::copy_n(src, d, dst);
-            zvar[idx(int(j))] = center(dst, d, inv_d);
+      auto& hp = hp_[idx(int(t))];
+      auto& last_ws = block_ws_[idx(L - 1)];
+      const auto term = [&](int q) -> T* {  // columns [j0, j0 + nj) of term q, contiguous
+        const auto& ft = final_terms_[idx(q)];
+        return &last_ws.p[idx(ft.group)][idx(ft.shard)](0, Index(ft.slot) * n + j0);
+      };
+      for (std::size_t q = 0; q < final_terms_.size(); ++q) {
+        T* const p0 = term(int(q));
+        if constexpr (normed)
+          for (Index j = 0; j < nj; ++j) subtract_mean(p0 + j * d, d, inv_d);
+        head_into(p0, &hp(0, Index(q) * column_task));
+      }
+      const Index hlen = cp * nj;
+      if constexpr (normed) {
+        // Every node, up to four of its final streams at a time, column by column: a
+        // column's centred terms and inputs (30 for the search family, d values each) stay in
+        // L1 across all the nodes that read them. Z - mean Z and head'(Z - mean Z) are
+        // summed from the terms in registers, in the terms' order.
+        auto& jobs = node_jobs_[idx(int(t))];
+        jobs.clear();
+        for (const auto& fn : final_nodes_) {
+          NodeTile job{
+              .d = d, .cp = cp, .inv_d = inv_d, .eps = eps, .c = fn.scale, .beta = head_beta_.data()};
+          job.nterms = int(fn.terms.size());
+          for (int k = 0; k < job.nterms; ++k) {
+            job.terms[idx(k)] = term(fn.terms[idx(k)]);
+            job.hterms[idx(k)] = &hp(0, Index(fn.terms[idx(k)]) * column_task);
           }
-        }
-        const T* const zc = normed ? z : zs;
-        ht.noalias() = Eigen::Map<const EigenMat<T>>(zc, d, nj).transpose() * head_w;
-        hz.leftCols(nj) = ht.transpose();
-        const T c = fn.scale;
-        const T* __restrict beta = head_beta_.data();
-        for (const auto& [k, i] : fn.finals) {
-          // The tile's (classes, nj) blocks are contiguous (leading dimension = classes).
-          T* __restrict out = &view(head_)(0, Index(k) * n + j0);
-          const T* __restrict hu_t = &hu(0, Index(i) * column_task);
-          const T* __restrict hz_t = hz.data();
-          for (Index e = 0; e < classes * nj; ++e) out[e] = hu_t[e] + c * hz_t[e];
-          if constexpr (normed) {
-            const T* const u0 = ubar.data() + Index(i) * column_task * d;
-            const T* const uv = uvar.data() + idx(i) * idx(int(column_task));
-            for (Index j = 0; j < nj; ++j) {
-              const T dot = lane_dot(u0 + j * d, zc + j * d, d);
-              const T var = uv[j] + c * c * zvar[idx(int(j))] + T(2) * c * dot * inv_d;
-              const T rs = T(1) / std::sqrt(var + eps);
-              T* __restrict oc = out + j * classes;
-              for (Index cl = 0; cl < classes; ++cl) oc[cl] = rs * oc[cl] + beta[cl];
+          for (std::size_t p0 = 0; p0 < fn.finals.size(); p0 += 4) {
+            job.streams = int(std::min<std::size_t>(4, fn.finals.size() - p0));
+            for (int q = 0; q < job.streams; ++q) {
+              const auto& [k, i] = fn.finals[p0 + idx(q)];
+              job.out[idx(q)] = &head_(0, Index(k) * n + j0);
+              job.hu[idx(q)] = &hu(0, Index(i) * column_task);
+              job.u[idx(q)] = ubar.data() + Index(i) * column_task * d;
+              job.uvar[idx(q)] = uvar.data() + idx(i) * idx(int(column_task));
             }
+            jobs.push_back(job);
           }
-        }
-      }
-      const auto head = view(head_);
-      for (std::size_t f = 0; f < finals_.size(); ++f) {
-        auto out = view(logits_[f]);
-        T* __restrict oc = &out(0, j0);  // the tile's (classes, nj) block, contiguous
-        const Index len = classes * nj;
-        std::fill_n(oc, len, T(0));
-        for (const auto& [slot, size] : finals_[f]) {
-          const T w = T(size) / T(S);
-          const T* __restrict hc = &head(0, Index(slot) * n + j0);
-          for (Index e = 0; e < len; ++e) oc[e] += w * hc[e];
         }
         for (Index j = 0; j < nj; ++j)
-          for (Index c = 0; c < classes; ++c) oc[j * classes + c] += p.head_b[c];
-        if (!labels.empty())
-          score_tile(f, t, MatView<const T>(out).cols_range(j0, nj), labels.subspan(idx(int(j0))));
+          for (const auto& job : jobs) switch (job.streams) {
+              case 1:
+                node_column<1>(job, j);
+                break;
+              case 2:
+                node_column<2>(job, j);
+                break;
+              case 3:
+                node_column<3>(job, j);
+                break;
+              default:
+                node_column<4>(job, j);
+                break;
+            }
+      } else {
+        auto& hz = hz_[idx(int(t))];
+        for (const auto& fn : final_nodes_) {
+          {  // head(Z) = sum of the terms' head products, in the terms' order
+            T* __restrict hzp = hz.data();
+            const T* __restrict h0 = &hp(0, Index(fn.terms[0]) * column_task);
+            std::copy_n(h0, hlen, hzp);
+            for (std::size_t k = 1; k < fn.terms.size(); ++k) {
+              const T* __restrict hk = &hp(0, Index(fn.terms[k]) * column_task);
+              for (Index e = 0; e < hlen; ++e) hzp[e] += hk[e];
+            }
+          }
+          const T c = fn.scale;
+          for (const auto& [k, i] : fn.finals) {
+            T* __restrict out = &head_(0, Index(k) * n + j0);
+            const T* __restrict hu_t = &hu(0, Index(i) * column_task);
+            const T* __restrict hz_t = hz.data();
+            for (Index e = 0; e < hlen; ++e) out[e] = hu_t[e] + c * hz_t[e];
+          }
+        }
+      }
+      // Logits of each distinct list of final streams, in a padded tile (padding rows 0),
+      // then copied out and scored while in cache.
+      T* __restrict lt = logit_tile_[idx(int(t))].data();
+      const T* __restrict head_b = head_b_.data();
+      for (std::size_t f = 0; f < finals_.size(); ++f) {
+        std::fill_n(lt, hlen, T(0));
+        for (const auto& [slot, size] : finals_[f]) {
+          const T w = T(size) / T(S);
+          const T* __restrict hc = &head_(0, Index(slot) * n + j0);
+          for (Index e = 0; e < hlen; ++e) lt[e] += w * hc[e];
+        }
+        for (Index j = 0; j < nj; ++j)
+          for (Index cl = 0; cl < cp; ++cl) lt[j * cp + cl] += head_b[cl];
+        auto out = view(logits_[f]);
+        for (Index j = 0; j < nj; ++j) std::copy_n(lt + j * cp, classes, &out(0, col0 + j0 + j));
+        if (!labels.empty()) score_tile(f, col0 / column_task + t, lt, nj, labels.subspan(idx(int(j0))));
       }
     });
-    if (!labels.empty())
-      for (std::size_t f = 0; f < finals_.size(); ++f) {
-        Score total;
-        for (Index t = 0; t < tasks; ++t) {  // in tile order: the same sums for any thread count
-          total.loss_sum += tile_scores_[idx(int(t))][f].loss_sum;
-          total.correct += tile_scores_[idx(int(t))][f].correct;
-        }
-        scores_[f] = total;
-      }
   }
 
-  /// Summed cross-entropy and count of correct predictions (first largest logit) over the
-  /// batch of the last forward(x, labels), for structure i.
-  struct Score {
-    double loss_sum = 0;
-    std::int64_t correct = 0;
-  };
-  [[nodiscard]] Score score(std::size_t i) const { return scores_[idx(logits_of_[i])]; }
-
- private:
   // ---- the plan: built once from the masks, no arithmetic ----
 
   struct Stream {  // a stream of one structure: shards [first, first + size), its value
@@ -405,10 +486,16 @@ class PrefixTreeForward {
     int slot = 0;
     int input = 0;  // index into final_inputs_
   };
+  struct FinalTerm {  // a per-shard product P_j of the last block read by final streams
+    int group = 0;    // up group
+    int shard = 0;    // shard within the group's interval
+    int slot = 0;     // the input stream's column slot in the group
+  };
   struct FinalNode {  // a node of the last block and the final streams it outputs
     int node = 0;     // index into the last block's node_outs
     T scale = 0;      // S / |G| of the node's segment
     std::vector<FinalPair> finals;
+    std::vector<int> terms;  // its per-shard products, in order: indices into final_terms_
   };
   struct BlockWorkspace {
     std::vector<EigenMat<T>> xn, h;           // per up group: normed inputs, activations
@@ -416,6 +503,10 @@ class PrefixTreeForward {
   };
 
   static constexpr std::size_t idx(int i) noexcept { return static_cast<std::size_t>(i); }
+  /// Classes rounded up to whole SIMD packets: the rows of the tile stage's head products.
+  [[nodiscard]] Index padded_classes() const noexcept {
+    return (config_.classes + packet - 1) / packet * packet;
+  }
   static MatView<T> view(EigenMat<T>& m) { return MatView<T>(m.data(), m.rows(), m.cols()); }
   static MatView<const T> cview(const EigenMat<T>& m) {
     return MatView<const T>(m.data(), m.rows(), m.cols());
@@ -523,8 +614,9 @@ class PrefixTreeForward {
       last_out[blocks_[idx(L - 1)].outs[o].output] = int(o);
     stored_.assign(idx(values_), true);
     const auto& last = blocks_[idx(L - 1)];
-    std::map<int, int> final_node_of;   // node_outs entry -> final_nodes_ entry
-    std::map<int, int> final_input_of;  // input value -> final_inputs_ entry
+    std::map<int, int> final_node_of;                        // node_outs entry -> final_nodes_ entry
+    std::map<int, int> final_input_of;                       // input value -> final_inputs_ entry
+    std::map<std::tuple<int, int, int>, int> final_term_of;  // (group, shard, slot) -> final_terms_ entry
     for (std::size_t k = 0; k < final_values_.size(); ++k) {
       const auto it = last_out.find(final_values_[k]);
       if (it == last_out.end()) {
@@ -537,7 +629,18 @@ class PrefixTreeForward {
       for (std::size_t u = 0; u < last.node_outs.size(); ++u)
         if (last.node_outs[u].zgroup == out.zgroup && last.node_outs[u].znode == out.znode) node = int(u);
       auto [fit, fresh] = final_node_of.try_emplace(node, int(final_nodes_.size()));
-      if (fresh) final_nodes_.push_back(FinalNode{node, T(S) / T(last.zs[idx(out.zgroup)].seg.size), {}});
+      if (fresh) {
+        FinalNode fn{node, T(S) / T(last.zs[idx(out.zgroup)].seg.size), {}, {}};
+        for (const auto& piece : last.zs[idx(out.zgroup)].nodes[idx(out.znode)].pieces)
+          for (int j = piece.first; j < piece.first + piece.size; ++j) {
+            const FinalTerm ft{piece.group, j - last.ups[idx(piece.group)].interval.first, piece.slot};
+            auto [tit, tfresh] =
+                final_term_of.try_emplace({ft.group, ft.shard, ft.slot}, int(final_terms_.size()));
+            if (tfresh) final_terms_.push_back(ft);
+            fn.terms.push_back(tit->second);
+          }
+        final_nodes_.push_back(std::move(fn));
+      }
       auto [iit, ifresh] = final_input_of.try_emplace(out.input, int(final_inputs_.size()));
       if (ifresh) final_inputs_.push_back(out.input);
       final_nodes_[idx(fit->second)].finals.push_back(FinalPair{int(k), iit->second});
@@ -564,23 +667,23 @@ class PrefixTreeForward {
       for (const auto& up : plan.ups)
         ws.p.emplace_back(idx(up.interval.size), EigenMat<T>(d, Index(up.values.size()) * n));
     }
-    head_ = EigenMat<T>(config_.classes, Index(final_values_.size()) * n);
-    logits_.assign(finals_.size(), EigenMat<T>(config_.classes, n));
+    head_ = EigenMat<T>::Zero(padded_classes(), Index(final_values_.size()) * n);
     const auto tasks = static_cast<std::size_t>(task_count(n));
     tile_.assign(tasks, EigenMat<T>(d, column_task));
     z_tile_.assign(tasks, EigenMat<T>(d, column_task));
     tile_head_.assign(tasks, EigenMat<T>(column_task, config_.classes));
     tile_terms_.assign(tasks, {});
-    exp_tile_.assign(tasks, std::vector<T, Eigen::aligned_allocator<T>>(
-                                idx(int((config_.classes * column_task + packet - 1) / packet * packet))));
-    tile_scores_.assign(tasks, std::vector<Score>(finals_.size()));
-    scores_.assign(finals_.size(), Score{});
+    logit_tile_.assign(tasks, EigenMat<T>(padded_classes(), column_task));
     const auto inputs = static_cast<Index>(final_inputs_.size());
+    const auto terms = static_cast<Index>(final_terms_.size());
+    const Index cp = padded_classes();
     ubar_.assign(tasks, EigenMat<T>(d, column_task * inputs));
-    hu_.assign(tasks, EigenMat<T>(config_.classes, column_task * inputs));
-    hz_.assign(tasks, EigenMat<T>(config_.classes, column_task));
+    hu_.assign(tasks, EigenMat<T>(cp, column_task * inputs));
+    hp_.assign(tasks, EigenMat<T>(cp, column_task * terms));
+    hz_.assign(tasks, EigenMat<T>(cp, column_task));
     uvar_.assign(tasks, std::vector<T>(idx(int(column_task * inputs))));
-    zvar_.assign(tasks, std::vector<T>(idx(int(column_task))));
+    serial_work_.assign(tasks, {});
+    node_jobs_.assign(tasks, {});
     mean_.assign(idx(int(n)), T(0));
     rstd_.assign(idx(int(n)), T(0));
     batch_ = n;
@@ -647,44 +750,122 @@ class PrefixTreeForward {
     }
   }
 
-  /// Cross-entropy and correct predictions of the columns of one tile of logits buffer f,
-  /// into tile_scores_[t][f]. In float the exponentials go through Eigen's SIMD exp on whole
-  /// packets (the tile copied into a padded buffer), so every element gets the same function.
-  void score_tile(std::size_t f, Index t, MatView<const T> logits, std::span<const std::int32_t> labels) {
+  /// One tile of one last-block node and up to four of its final streams (final norm).
+  struct NodeTile {
+    Index d = 0, cp = 0;
+    T inv_d = 0, eps = 0, c = 0;                    // c = S / |G|
+    const T* beta = nullptr;                        // head^T * final norm bias, (cp)
+    int nterms = 0;                                 // the node's centred per-shard products:
+    std::array<const T*, std::size_t(S)> terms{};   // (d, tile) each
+    std::array<const T*, std::size_t(S)> hterms{};  // and their head products, (cp, tile) each
+    int streams = 0;                                // final streams, 1 to 4:
+    std::array<T*, 4> out{};                        // its head_ tile, (cp, tile)
+    std::array<const T*, 4> hu{};                   // head'(u - mean u), (cp, tile)
+    std::array<const T*, 4> u{};                    // u - mean u, (d, tile)
+    std::array<const T*, 4> uvar{};                 // var(u), (tile)
+  };
+
+  /// Column j of one NodeTile: Z - mean Z = sum of the terms (in their order, in
+  /// registers), its squared norm and its dot product with each stream's u - mean u, then
+  ///   var(Y) = var(u) + c^2 var(Z) + 2c <u - mean u, Z - mean Z> / d
+  ///   out    = rstd * (head'(u - mean u) + c head'(Z - mean Z)) + head^T beta.
+  /// The sums go packet-wide (Eigen's SIMD packets, unaligned loads) plus a scalar tail in
+  /// a fixed order, so a column's value does not depend on where it sits in memory.
+  template <int NP>
+  static void node_column(const NodeTile& t, Index j) {
     namespace ei = Eigen::internal;
-    const Index classes = logits.rows;
-    const Index nj = logits.cols;
-    auto& e = exp_tile_[idx(int(t))];
-    const Index len = classes * nj;
-    for (Index j = 0; j < nj; ++j) {
-      const T* __restrict z = &logits(0, j);
-      T zmax = z[0];
-      for (Index c = 1; c < classes; ++c) zmax = std::max(zmax, z[c]);
-      for (Index c = 0; c < classes; ++c) e[idx(int(j * classes + c))] = z[c] - zmax;
+    const Index d = t.d;
+    const Index dv = d / packet * packet;
+    const Index o = j * d;
+    Packet zz = ei::pset1<Packet>(T(0));
+    Packet dp[NP];  // a plain array: std::array would drop the vector type's attributes
+    for (int q = 0; q < NP; ++q) dp[q] = zz;
+    for (Index r = 0; r < dv; r += packet) {
+      Packet z = ei::ploadu<Packet>(t.terms[0] + o + r);
+      for (int k = 1; k < t.nterms; ++k) z = ei::padd(z, ei::ploadu<Packet>(t.terms[idx(k)] + o + r));
+      zz = ei::pmadd(z, z, zz);
+      for (int q = 0; q < NP; ++q) dp[q] = ei::pmadd(ei::ploadu<Packet>(t.u[idx(q)] + o + r), z, dp[q]);
     }
-    const Index padded = (len + packet - 1) / packet * packet;
-    std::fill(e.begin() + len, e.begin() + padded, T(0));
-    if constexpr (std::is_same_v<T, float>) {
-      for (Index i = 0; i < padded; i += packet)
-        ei::pstoreu(e.data() + i, ei::pexp(ei::ploadu<Packet>(e.data() + i)));
-    } else {  // GCC 12 warns inside its AVX-512 intrinsics for Eigen's double pexp
-      for (Index i = 0; i < len; ++i) e[idx(int(i))] = std::exp(e[idx(int(i))]);
+    T zsq = ei::predux(zz);
+    T dot[NP];
+    for (int q = 0; q < NP; ++q) dot[q] = ei::predux(dp[q]);
+    for (Index r = dv; r < d; ++r) {
+      T z = t.terms[0][o + r];
+      for (int k = 1; k < t.nterms; ++k) z += t.terms[idx(k)][o + r];
+      zsq += z * z;
+      for (int q = 0; q < NP; ++q) dot[q] += t.u[idx(q)][o + r] * z;
     }
+    const T zvar = zsq * t.inv_d;
+    T rs[NP];
+    for (int q = 0; q < NP; ++q) {
+      const T var = t.uvar[idx(q)][j] + t.c * t.c * zvar + T(2) * t.c * dot[q] * t.inv_d;
+      rs[q] = T(1) / std::sqrt(var + t.eps);
+    }
+    const Packet c = ei::pset1<Packet>(t.c);
+    const Index h = j * t.cp;
+    for (Index cl = 0; cl < t.cp; cl += packet) {
+      Packet hz = ei::ploadu<Packet>(t.hterms[0] + h + cl);
+      for (int k = 1; k < t.nterms; ++k) hz = ei::padd(hz, ei::ploadu<Packet>(t.hterms[idx(k)] + h + cl));
+      const Packet chz = ei::pmul(c, hz);
+      const Packet beta = ei::ploadu<Packet>(t.beta + cl);
+      for (int q = 0; q < NP; ++q)
+        ei::pstoreu(t.out[idx(q)] + h + cl,
+                    ei::padd(ei::pmul(ei::pset1<Packet>(rs[q]),
+                                      ei::padd(ei::ploadu<Packet>(t.hu[idx(q)] + h + cl), chz)),
+                             beta));
+    }
+  }
+
+  /// Cross-entropy and correct predictions of the nj columns of a padded logits tile lt
+  /// ((padded classes, nj), padding rows 0) of logits buffer f, into tile_scores_[t][f].
+  /// One column is one or two SIMD packets: the padding lanes are masked to -inf for the
+  /// maximum and the exponentials (exp(-inf) = 0), and in float the exponentials go through
+  /// Eigen's SIMD exp, so every element gets the same function.
+  void score_tile(std::size_t f, Index t, const T* lt, Index nj, std::span<const std::int32_t> labels) {
+    namespace ei = Eigen::internal;
+    const Index classes = config_.classes;
+    const Index cp = padded_classes();
+    const T* const mask = score_mask_.data();
+    std::array<T, std::size_t(column_task)> sums{}, label_logit{};
     Score sc;
     for (Index j = 0; j < nj; ++j) {
-      const T* __restrict z = &logits(0, j);
-      const auto y = static_cast<Index>(labels[idx(int(j))]);
+      const T* __restrict z = lt + j * cp;
+      Packet mx = ei::padd(ei::ploadu<Packet>(z), ei::ploadu<Packet>(mask));
+      for (Index k = packet; k < cp; k += packet)
+        mx = ei::pmax(mx, ei::padd(ei::ploadu<Packet>(z + k), ei::ploadu<Packet>(mask + k)));
+      const T zmax = ei::predux_max(mx);
       T sum = 0;
-      Index best = 0;
-      for (Index c = 0; c < classes; ++c) {
-        sum += e[idx(int(j * classes + c))];
-        if (z[c] > z[best]) best = c;
+      if constexpr (std::is_same_v<T, float>) {
+        const Packet shift = ei::pset1<Packet>(zmax);
+        Packet acc = ei::pset1<Packet>(T(0));
+        for (Index k = 0; k < cp; k += packet)
+          acc = ei::padd(acc, ei::pexp(ei::psub(
+                                  ei::padd(ei::ploadu<Packet>(z + k), ei::ploadu<Packet>(mask + k)), shift)));
+        sum = ei::predux(acc);
+      } else {  // GCC 12 warns inside its AVX-512 intrinsics for Eigen's double pexp
+        for (Index c = 0; c < classes; ++c) sum += std::exp(z[c] - zmax);
       }
-      const T zmax = z[best];
-      sc.loss_sum += double(std::log(sum) - (z[y] - zmax));
+      Index best = 0;  // the first largest logit
+      while (best + 1 < classes && !(z[best] == zmax)) ++best;
+      const auto y = static_cast<Index>(labels[idx(int(j))]);
+      sums[idx(int(j))] = sum;
+      label_logit[idx(int(j))] = z[y] - zmax;
       sc.correct += best == y ? 1 : 0;
     }
+    // loss = log(sum exp(z - zmax)) - (z_y - zmax); in float the logs go packet-wide too.
+    Index j = 0;
+    if constexpr (std::is_same_v<T, float>)
+      for (; j + packet <= nj; j += packet)
+        ei::pstoreu(sums.data() + j, ei::plog(ei::ploadu<Packet>(sums.data() + j)));
+    for (Index k = j; k < nj; ++k) sums[idx(int(k))] = std::log(sums[idx(int(k))]);
+    for (Index k = 0; k < nj; ++k) sc.loss_sum += double(sums[idx(int(k))] - label_logit[idx(int(k))]);
     tile_scores_[idx(int(t))][f] = sc;
+  }
+
+  /// Subtracts the mean from the d values at v.
+  static void subtract_mean(T* __restrict v, Index d, T inv_d) {
+    const T mu = lane_sum(v, d) * inv_d;
+    for (Index r = 0; r < d; ++r) v[r] -= mu;
   }
 
   /// Subtracts the mean from the d values at v; returns their variance (mean square after
@@ -751,15 +932,17 @@ class PrefixTreeForward {
   std::vector<std::vector<std::pair<int, int>>> finals_;  // per logits buffer: (head slot, width)
   std::vector<int> final_stored_;                         // head slots of final streams held in vals_
   std::vector<FinalNode> final_nodes_;                    // head slots computed in the tile, by node
-  std::vector<int> final_inputs_;  // values of the last block's input streams that final pairs read
-  std::size_t final_pairs_ = 0;    // final streams computed in the tile (sum of finals over final_nodes_)
-  std::vector<bool> stored_;       // per value: held in vals_ (not a tile-computed final stream)
-  std::vector<int> logits_of_;     // per structure: its logits buffer
+  std::vector<int> final_inputs_;       // values of the last block's input streams that final pairs read
+  std::vector<FinalTerm> final_terms_;  // the last block's per-shard products that final nodes sum
+  std::size_t final_pairs_ = 0;  // final streams computed in the tile (sum of finals over final_nodes_)
+  std::vector<bool> stored_;     // per value: held in vals_ (not a tile-computed final stream)
+  std::vector<int> logits_of_;   // per structure: its logits buffer
 
-  Index batch_ = 0;
+  Index batch_ = 0;            // columns of the workspace (one block)
+  Index block_ = column_task;  // samples per block of forward(x): by default one tile per thread
   std::vector<EigenMat<T>> vals_;
   std::vector<BlockWorkspace> block_ws_;
-  EigenMat<T> head_;               // (classes, final streams * batch)
+  EigenMat<T> head_;               // (padded classes, final streams * batch), padding rows 0
   std::vector<EigenMat<T>> tile_;  // per column task: normed final streams (d, tile)
   std::vector<EigenMat<T>> logits_;
   std::vector<T> mean_, rstd_;
@@ -768,18 +951,24 @@ class PrefixTreeForward {
   std::vector<std::vector<MatView<const T>>> tile_terms_;  // per column task
   // The last block's final streams by linearity (see forward()), per column task:
   std::vector<EigenMat<T>> ubar_;  // centred u = x + b of every final input (d, tile * inputs)
-  std::vector<EigenMat<T>> hu_;    // head'(u) of every final input (classes, tile * inputs)
-  std::vector<EigenMat<T>> hz_;    // head'(z) of one node (classes, tile)
-  std::vector<std::vector<T>> uvar_, zvar_;
-  std::span<const T> params_;                                          // of the last set_params()
-  std::vector<std::vector<T, Eigen::aligned_allocator<T>>> exp_tile_;  // per column task: exp of a tile
-  std::vector<std::vector<Score>> tile_scores_;                        // per column task and logits buffer
-  std::vector<Score> scores_;                                          // per logits buffer
+  std::vector<EigenMat<T>> hu_;    // head'(u) of every final input (padded classes, tile * inputs)
+  std::vector<EigenMat<T>> hp_;    // head'(P_j) of every final term (padded classes, tile * terms)
+  std::vector<EigenMat<T>> hz_;    // head(Z) of one node (padded classes, tile), without final norm
+  std::vector<std::vector<NodeTile>> node_jobs_;  // per column task: the last block's nodes, with final norm
+  std::vector<std::vector<T>> uvar_;              // var(u) of every final input (tile * inputs)
+  std::vector<typename CpuBackend<T>::SerialWork> serial_work_;  // per column task: packed tiles
+  std::span<const T> params_;                                    // of the last set_params()
+  std::vector<EigenMat<T>> logit_tile_;          // per column task: logits of one tile (padded classes, tile)
+  std::vector<std::vector<Score>> tile_scores_;  // per column task and logits buffer
+  std::vector<Score> scores_;                    // per logits buffer
   typename CpuBackend<T>::PackedTn embed_pack_;
   std::vector<std::vector<typename CpuBackend<T>::PackedTn>> up_pack_;    // per block and up group
   std::vector<std::vector<typename CpuBackend<T>::PackedTn>> down_pack_;  // per block and shard
-  EigenMat<T> head_w_;        // head' = head^T scaled by the final norm's weight (per row), (d, classes)
-  std::vector<T> head_beta_;  // head^T * final norm bias, (classes)
+  EigenMat<T> head_w_;  // head' = head^T scaled by the final norm's weight (per row), (d, padded classes)
+  typename CpuBackend<T>::PackedTn head_pack_;  // head'^T, packed
+  std::vector<T> head_beta_;   // head^T * final norm bias, (padded classes, zeros past classes)
+  std::vector<T> head_b_;      // the head's bias, (padded classes, zeros past classes)
+  std::vector<T> score_mask_;  // (padded classes): 0 for a class, -inf for padding
 };
 
 }  // namespace cpu
@@ -835,9 +1024,11 @@ std::vector<StructureEval> evaluate_structures(const MlpConfig& config, std::spa
   const bool tree = options.method == EvalMethod::prefix_tree;
   std::optional<cpu::PrefixTreeForward<F, T>> forest;
   std::optional<cpu::MlpModel<F, T>> model;
-  if (tree)
+  if (tree) {
     forest.emplace(config, masks, options.threads);
-  else
+    // Throws InputError unless a positive multiple of 64.
+    forest->set_block_cols(options.tree_block > 0 ? options.tree_block : cpu::column_task * options.threads);
+  } else
     model.emplace(config, options.threads);
 
   const std::size_t nscore = tree ? forest->distinct_logits() : masks.size();
