@@ -67,16 +67,32 @@ Index bench_chunk() {
 std::map<std::tuple<std::string, int, int>, std::pair<double, double>> seconds;  // wall, CPU
 std::map<std::string, double> flop_ratio;
 
+/// Every structure of family F, its initial weights and `samples` random images.
+template <class F>
+struct Problem {
+  DatasetView data;
+  std::vector<T> params;
+  std::vector<std::uint64_t> masks;
+
+  Problem(const MlpConfig& config, std::int64_t samples)
+      : data(limit(DatasetView(images()), samples)),
+        params(mlp_layout(config, F::blocks).total()),
+        masks(std::size_t{1} << F::gates) {
+    init_mlp_params<T>(config, F::blocks, 1, params);
+    for (std::size_t i = 0; i < masks.size(); ++i) masks[i] = i;
+  }
+  static const ImageDataset& images() {
+    static const ImageDataset all = random_images(2048, 7);
+    return all;
+  }
+};
+
 template <class F>
 void evaluate_all(benchmark::State& state, const std::string& name, const MlpConfig& config,
                   std::int64_t samples, EvalMethod method) {
   const int threads = static_cast<int>(state.range(0));
-  static const ImageDataset images = random_images(2048, 7);
-  const DatasetView data = limit(DatasetView(images), samples);
-  std::vector<T> params(mlp_layout(config, F::blocks).total());
-  init_mlp_params<T>(config, F::blocks, 1, params);
-  std::vector<std::uint64_t> masks(std::size_t{1} << F::gates);
-  for (std::size_t i = 0; i < masks.size(); ++i) masks[i] = i;
+  const Problem<F> problem(config, samples);
+  const auto& [data, params, masks] = problem;
   const EvalAllOptions options{.threads = threads, .chunk = bench_chunk(), .method = method};
 
   double mean_loss = 0;
@@ -112,12 +128,8 @@ double cpu_seconds(const MlpConfig& config, const DatasetView& data, const std::
 /// The --paired mode (see the top of the file).
 template <class F>
 void paired(const std::string& name, const MlpConfig& config, std::int64_t samples, int threads, int rounds) {
-  static const ImageDataset images = random_images(2048, 7);
-  const DatasetView data = limit(DatasetView(images), samples);
-  std::vector<T> params(mlp_layout(config, F::blocks).total());
-  init_mlp_params<T>(config, F::blocks, 1, params);
-  std::vector<std::uint64_t> masks(std::size_t{1} << F::gates);
-  for (std::size_t i = 0; i < masks.size(); ++i) masks[i] = i;
+  const Problem<F> problem(config, samples);
+  const auto& [data, params, masks] = problem;
   const double bound = evaluate_flops<F>(config, masks).ratio();
   EvalAllOptions naive{.threads = threads, .chunk = bench_chunk(), .method = EvalMethod::naive};
   EvalAllOptions tree = naive;
