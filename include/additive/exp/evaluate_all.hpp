@@ -154,7 +154,7 @@ class PrefixTreeForward {
           head_w_(r, cl) *= p.final_w[r];
           head_beta_[idx(int(cl))] += head_t(r, cl) * p.final_b[r];
         }
-    backend_.pack_tn(head_pack_, cview(head_w_));
+    head_wt_ = head_w_.transpose();
   }
 
   /// set_params(params), then forward(x).
@@ -326,9 +326,8 @@ class PrefixTreeForward {
       const Index d = config_.d;
       const Index cp = padded_classes();
       const T inv_d = T(1) / T(d);
-      auto& work = serial_work_[idx(int(t))];
       const auto head_into = [&](const T* v, T* out) {  // out (cp, nj) = head'^T v, v (d, nj)
-        CpuBackend<T>::gemm_tn_serial(MatView<T>(out, cp, nj), head_pack_, MatView<const T>(v, d, nj), work);
+        head_product(head_wt_.data(), cp, d, v, nj, out);
       };
       auto& ubar = ubar_[idx(int(t))];
       auto& hu = hu_[idx(int(t))];
@@ -682,7 +681,6 @@ class PrefixTreeForward {
     hp_.assign(tasks, EigenMat<T>(cp, column_task * terms));
     hz_.assign(tasks, EigenMat<T>(cp, column_task));
     uvar_.assign(tasks, std::vector<T>(idx(int(column_task * inputs))));
-    serial_work_.assign(tasks, {});
     node_jobs_.assign(tasks, {});
     mean_.assign(idx(int(n)), T(0));
     rstd_.assign(idx(int(n)), T(0));
@@ -747,6 +745,43 @@ class PrefixTreeForward {
       const T* __restrict zc = z + j * d;
       const T* __restrict xc = &x(0, j0 + j);
       for (Index i = 0; i < d; ++i) yc[i] = xc[i] + scale * zc[i] + bias[i];
+    }
+  }
+
+  /// out = wt v: wt (cp, d), v (d, nj), out (cp, nj), all column-major with leading
+  /// dimensions cp, d, cp; cp a multiple of the packet size. A register-blocked product
+  /// for the few rows of a head: four columns at a time, one packet of classes times one
+  /// broadcast value of v per step, read straight from v (no packing, no zero-fill); each
+  /// output is one fused multiply-add chain over r = 0..d-1, the same for any nj.
+  static void head_product(const T* wt, Index cp, Index d, const T* v, Index nj, T* out) {
+    namespace ei = Eigen::internal;
+    for (Index rp = 0; rp < cp; rp += packet) {
+      Index j = 0;
+      for (; j + 4 <= nj; j += 4) {
+        const T* __restrict v0 = v + j * d;
+        const T* __restrict v1 = v0 + d;
+        const T* __restrict v2 = v1 + d;
+        const T* __restrict v3 = v2 + d;
+        Packet a0 = ei::pset1<Packet>(T(0)), a1 = a0, a2 = a0, a3 = a0;
+        for (Index r = 0; r < d; ++r) {
+          const Packet w = ei::ploadu<Packet>(wt + r * cp + rp);
+          a0 = ei::pmadd(w, ei::pset1<Packet>(v0[r]), a0);
+          a1 = ei::pmadd(w, ei::pset1<Packet>(v1[r]), a1);
+          a2 = ei::pmadd(w, ei::pset1<Packet>(v2[r]), a2);
+          a3 = ei::pmadd(w, ei::pset1<Packet>(v3[r]), a3);
+        }
+        ei::pstoreu(out + j * cp + rp, a0);
+        ei::pstoreu(out + (j + 1) * cp + rp, a1);
+        ei::pstoreu(out + (j + 2) * cp + rp, a2);
+        ei::pstoreu(out + (j + 3) * cp + rp, a3);
+      }
+      for (; j < nj; ++j) {
+        const T* __restrict vj = v + j * d;
+        Packet a = ei::pset1<Packet>(T(0));
+        for (Index r = 0; r < d; ++r)
+          a = ei::pmadd(ei::ploadu<Packet>(wt + r * cp + rp), ei::pset1<Packet>(vj[r]), a);
+        ei::pstoreu(out + j * cp + rp, a);
+      }
     }
   }
 
@@ -956,16 +991,15 @@ class PrefixTreeForward {
   std::vector<EigenMat<T>> hz_;    // head(Z) of one node (padded classes, tile), without final norm
   std::vector<std::vector<NodeTile>> node_jobs_;  // per column task: the last block's nodes, with final norm
   std::vector<std::vector<T>> uvar_;              // var(u) of every final input (tile * inputs)
-  std::vector<typename CpuBackend<T>::SerialWork> serial_work_;  // per column task: packed tiles
-  std::span<const T> params_;                                    // of the last set_params()
+  std::span<const T> params_;                     // of the last set_params()
   std::vector<EigenMat<T>> logit_tile_;          // per column task: logits of one tile (padded classes, tile)
   std::vector<std::vector<Score>> tile_scores_;  // per column task and logits buffer
   std::vector<Score> scores_;                    // per logits buffer
   typename CpuBackend<T>::PackedTn embed_pack_;
   std::vector<std::vector<typename CpuBackend<T>::PackedTn>> up_pack_;    // per block and up group
   std::vector<std::vector<typename CpuBackend<T>::PackedTn>> down_pack_;  // per block and shard
-  EigenMat<T> head_w_;  // head' = head^T scaled by the final norm's weight (per row), (d, padded classes)
-  typename CpuBackend<T>::PackedTn head_pack_;  // head'^T, packed
+  EigenMat<T> head_w_;   // head' = head^T scaled by the final norm's weight (per row), (d, padded classes)
+  EigenMat<T> head_wt_;  // head'^T, (padded classes, d): column r holds row r of head' for every class
   std::vector<T> head_beta_;   // head^T * final norm bias, (padded classes, zeros past classes)
   std::vector<T> head_b_;      // the head's bias, (padded classes, zeros past classes)
   std::vector<T> score_mask_;  // (padded classes): 0 for a class, -inf for padding
