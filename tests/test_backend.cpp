@@ -7,7 +7,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <random>
 #include <vector>
 
@@ -120,27 +119,6 @@ TEST_CASE_TEMPLATE("a pre-packed op(A) gives the bits of the GEMM that packs A i
         }
       }
     }
-  }
-}
-
-TEST_CASE_TEMPLATE("gemm_tn_serial gives the bits of gemm_tn on the same pack", T, float, double) {
-  typename CpuBackend<T>::SerialWork work;  // reused across shapes, as callers do
-  for (const Shape s : shapes) {
-    CAPTURE(s.m);
-    CAPTURE(s.n);
-    CAPTURE(s.k);
-    const auto a = random_vector<T>(static_cast<std::size_t>(s.k * s.m), 7);
-    const auto b = random_vector<T>(static_cast<std::size_t>(s.k * s.n), 8);
-    CpuBackend<T> be(2);
-    typename CpuBackend<T>::PackedTn packed;
-    be.pack_tn(packed, MatView<const T>(a.data(), s.k, s.m));
-    std::vector<T> want(static_cast<std::size_t>(s.m * s.n), T(0));
-    be.gemm_tn(MatView<T>(want.data(), s.m, s.n), packed, MatView<const T>(b.data(), s.k, s.n), T(1), T(0));
-    // C is overwritten, whatever it held (NaN included).
-    std::vector<T> got(want.size(), std::numeric_limits<T>::quiet_NaN());
-    CpuBackend<T>::gemm_tn_serial(MatView<T>(got.data(), s.m, s.n), packed,
-                                  MatView<const T>(b.data(), s.k, s.n), work);
-    CHECK(got == want);
   }
 }
 

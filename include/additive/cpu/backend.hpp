@@ -132,42 +132,6 @@ class CpuBackend {
 #endif
   }
 
-  /// Storage for the packed op(B) of gemm_tn_serial, reused from call to call.
-  using SerialWork = std::vector<T, Eigen::aligned_allocator<T>>;
-
-  /// C = op(A) * B with op(A) packed by pack_tn, computed in the calling thread: for small
-  /// products inside the caller's own tasks. The result equals the first column task of
-  /// gemm_tn(c, a, b, 1, 0) (same blocking, same kernel), for any N. Not counted in
-  /// counters(). `work` holds the packed B.
-  static void gemm_tn_serial(MatView<T> c, const PackedTn& a, MatView<const T> b, SerialWork& work) {
-    check_gemm(c, a.m_, b.cols, a.k_, b.rows);
-    if (c.rows == 0 || c.cols == 0) return;
-    for (Index j = 0; j < c.cols; ++j) std::fill_n(c.data + j * c.ld, c.rows, T(0));
-    if (a.k_ == 0) return;
-#if ADDITIVE_EIGEN_GEBP
-    namespace ei = Eigen::internal;
-    using Traits = ei::gebp_traits<T, T>;
-    using RhsMapper = ei::const_blas_data_mapper<T, Index, Eigen::ColMajor>;
-    using ResMapper = ei::blas_data_mapper<T, Index, Eigen::ColMajor>;
-    const Index kblocks = task_count(a.k_, a.kc_);
-    if (const auto need = static_cast<std::size_t>(round_up(a.kc_ * c.cols, cache_line)); work.size() < need)
-      work.resize(need);
-    const RhsMapper rhs(b.data, std::max<Index>(b.ld, 1));
-    const ResMapper res(c.data, std::max<Index>(c.ld, 1));
-    ei::gemm_pack_rhs<T, Index, RhsMapper, Traits::nr, Eigen::ColMajor> pack;
-    ei::gebp_kernel<T, T, Index, ResMapper, Traits::mr, Traits::nr, false, false> kernel;
-    for (Index kb = 0; kb < kblocks; ++kb) {
-      const Index k0 = kb * a.kc_;
-      const Index depth = std::min(a.kc_, a.k_ - k0);
-      pack(work.data(), rhs.getSubMapper(k0, 0), depth, c.cols);
-      kernel(res, a.data_.data() + kb * a.block_, work.data(), a.m_, depth, c.cols, T(1));
-    }
-#else
-    (void)work;
-    map(c).noalias() = map(MatView<const T>(a.data_.data(), a.m_, a.k_)) * map(b);
-#endif
-  }
-
   /// C = alpha * A * B + beta * C.  A: (M, K), B: (K, N), C: (M, N). Tasks over N.
   void gemm_nn(MatView<T> c, MatView<const T> a, MatView<const T> b, T alpha, T beta) {
     check_gemm(c, a.rows, b.cols, a.cols, b.rows);
