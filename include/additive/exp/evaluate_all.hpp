@@ -136,13 +136,13 @@ class PrefixTreeForward {
             }))
           backend_.pack_tn(down_pack_[idx(l)][idx(j)], bp.down_t.rows_range(j * hs, hs));
     }
-    // head' = head^T scaled by the final norm's weight (per row), its classes padded to a
-    // whole packet with zero columns, packed for the tile stage's head products.
+    // head'^T: head^T scaled by the final norm's weight (per row), transposed, its classes
+    // padded to a whole packet with zero rows, for the tile stage's head products.
     const Index classes = config_.classes;
-    const auto head_t = map(MatView<const T>(p.head_t));  // (d, classes)
-    head_w_ = EigenMat<T>::Zero(config_.d, padded_classes());
-    head_w_.leftCols(classes) = head_t;
     const Index cp = padded_classes();
+    const auto head_t = map(MatView<const T>(p.head_t));  // (d, classes)
+    head_wt_ = EigenMat<T>::Zero(cp, config_.d);
+    head_wt_.topRows(classes) = head_t.transpose();
     head_beta_.assign(idx(int(cp)), T(0));
     head_b_.assign(idx(int(cp)), T(0));
     std::copy_n(p.head_b, classes, head_b_.begin());
@@ -151,10 +151,9 @@ class PrefixTreeForward {
     if constexpr (F::final_norm == FinalNorm::per_stream)
       for (Index cl = 0; cl < classes; ++cl)
         for (Index r = 0; r < config_.d; ++r) {
-          head_w_(r, cl) *= p.final_w[r];
+          head_wt_(cl, r) *= p.final_w[r];
           head_beta_[idx(int(cl))] += head_t(r, cl) * p.final_b[r];
         }
-    head_wt_ = head_w_.transpose();
   }
 
   /// set_params(params), then forward(x).
@@ -318,8 +317,8 @@ class PrefixTreeForward {
       // and since the mean of a sum is the sum of the means, Z - mean Z = sum_j (P_j - mean P_j)
       // and W'(Z - mean Z) = sum_j W'(P_j - mean P_j). So every P_j is centred in place and
       // multiplied by the head once (per term, not per node), W'u and var(u) are computed
-      // once per input stream, a node sums its centred terms (one pass, none for a one-term
-      // node) and their head products, and a (stream, node) pair costs one d-long dot
+      // once per input stream, a node sums its centred terms and their head products in
+      // registers, column by column, and a (stream, node) pair costs one d-long dot
       // product. Centred vectors keep the variance free of cancellation. Without the final
       // norm the head is linear: head(Y) = W u + c sum_j W P_j.
       constexpr bool normed = F::final_norm == FinalNorm::per_stream;
@@ -906,8 +905,7 @@ class PrefixTreeForward {
   /// Subtracts the mean from the d values at v; returns their variance (mean square after
   /// centring, as the backend's LayerNorm computes it).
   static T center(T* __restrict v, Index d, T inv_d) {
-    const T mu = lane_sum(v, d) * inv_d;
-    for (Index r = 0; r < d; ++r) v[r] -= mu;
+    subtract_mean(v, d, inv_d);
     return lane_dot(v, v, d) * inv_d;
   }
 
@@ -998,8 +996,7 @@ class PrefixTreeForward {
   typename CpuBackend<T>::PackedTn embed_pack_;
   std::vector<std::vector<typename CpuBackend<T>::PackedTn>> up_pack_;    // per block and up group
   std::vector<std::vector<typename CpuBackend<T>::PackedTn>> down_pack_;  // per block and shard
-  EigenMat<T> head_w_;   // head' = head^T scaled by the final norm's weight (per row), (d, padded classes)
-  EigenMat<T> head_wt_;  // head'^T, (padded classes, d): column r holds row r of head' for every class
+  EigenMat<T> head_wt_;        // head'^T, (padded classes, d): column r holds row r of head' for every class
   std::vector<T> head_beta_;   // head^T * final norm bias, (padded classes, zeros past classes)
   std::vector<T> head_b_;      // the head's bias, (padded classes, zeros past classes)
   std::vector<T> score_mask_;  // (padded classes): 0 for a class, -inf for padding
