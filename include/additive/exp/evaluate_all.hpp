@@ -130,11 +130,23 @@ class PrefixTreeForward {
         backend_.pack_tn(up_pack_[idx(l)][g], bp.up_t.cols_range(iv.first * hs, iv.size * hs));
       }
       down_pack_[idx(l)].resize(idx(S));
-      for (int j = 0; j < S; ++j)  // packed only where a stream covers shard j
-        if (std::any_of(plan.ups.begin(), plan.ups.end(), [j](const UpGroup& u) {
+      for (int j = 0; j < S; ++j) {  // packed only where a stream covers shard j
+        if (std::none_of(plan.ups.begin(), plan.ups.end(), [j](const UpGroup& u) {
               return u.interval.first <= j && j < u.interval.first + u.interval.size;
             }))
-          backend_.pack_tn(down_pack_[idx(l)][idx(j)], bp.down_t.rows_range(j * hs, hs));
+          continue;
+        const auto b_j = bp.down_t.rows_range(j * hs, hs);  // B_j^T, (h/S, d)
+        if (F::final_norm == FinalNorm::per_stream && l == L - 1) {
+          // The last block's products only enter the final norm centred: P_j - mean P_j =
+          // (B_j - 1 mean(B_j)) H_j, with the mean over the d output rows. So its weights are
+          // packed centred, and the tile stage gets centred products from the GEMM.
+          EigenMat<T> centred = map(b_j);
+          centred.colwise() -= centred.rowwise().mean();
+          backend_.pack_tn(down_pack_[idx(l)][idx(j)], view(centred));
+        } else {
+          backend_.pack_tn(down_pack_[idx(l)][idx(j)], b_j);
+        }
+      }
     }
     // head'^T: head^T scaled by the final norm's weight (per row), transposed, its classes
     // padded to a whole packet with zero rows, for the tile stage's head products.
@@ -232,8 +244,8 @@ class PrefixTreeForward {
     const T eps = T(config_.norm_eps);
     const Index hs = config_.h / S;
 
-    backend_.gemm_tn(view(vals_[0]), embed_pack_, x, T(1), T(0));
-    backend_.add_bias(view(vals_[0]), p.embed_b);
+    backend_.gemm_tn(vals_[0], embed_pack_, x, T(1), T(0));
+    backend_.add_bias(vals_[0], p.embed_b);
 
     for (int l = 0; l < L; ++l) {
       const auto& bp = p.blocks[idx(l)];
@@ -242,11 +254,11 @@ class PrefixTreeForward {
       // Norm of every input stream into its group; one up-projection GEMM per interval.
       for (std::size_t g = 0; g < plan.ups.size(); ++g) {
         const auto& up = plan.ups[g];
-        auto xn = view(ws.xn[g]);
-        auto hb = view(ws.h[g]);
+        const auto xn = ws.xn[g];
+        const auto hb = ws.h[g];
         for (std::size_t k = 0; k < up.values.size(); ++k)
-          backend_.layernorm(view(vals_[idx(up.values[k])]), bp.norm_w, bp.norm_b,
-                             xn.cols_range(Index(k) * n, n), mean_.data(), rstd_.data(), eps);
+          backend_.layernorm(vals_[idx(up.values[k])], bp.norm_w, bp.norm_b, xn.cols_range(Index(k) * n, n),
+                             mean_.data(), rstd_.data(), eps);
         backend_.gemm_tn(hb, up_pack_[idx(l)][g], xn, T(1), T(0));
         backend_.bias_gelu(hb, bp.up_b + up.interval.first * hs, hb);
       }
@@ -254,9 +266,9 @@ class PrefixTreeForward {
       // one GEMM per (interval, shard) over all the streams of that interval.
       for (std::size_t g = 0; g < plan.ups.size(); ++g) {
         const auto& up = plan.ups[g];
-        const auto hb = view(ws.h[g]);
+        const auto hb = ws.h[g];
         for (int j = 0; j < up.interval.size; ++j)
-          backend_.gemm_tn(view(ws.p[g][idx(j)]), down_pack_[idx(l)][idx(up.interval.first + j)],
+          backend_.gemm_tn(ws.p[g][idx(j)], down_pack_[idx(l)][idx(up.interval.first + j)],
                            hb.rows_range(Index(j) * hs, hs), T(1), T(0));
       }
       // Output streams, once per distinct (input stream, segment, streams feeding it):
@@ -269,7 +281,7 @@ class PrefixTreeForward {
       parallel_tasks(backend_.threads(), task_count(n), [&](Index t) {
         const Index j0 = t * column_task;
         const Index nj = std::min(column_task, n - j0);
-        T* const z = z_tile_[idx(int(t))].data();
+        T* const z = z_tile_[idx(int(t))].data;
         auto& terms = tile_terms_[idx(int(t))];
         for (const auto& no : plan.node_outs) {
           collect_terms(plan, ws, no.zgroup, no.znode, n, terms);
@@ -277,8 +289,8 @@ class PrefixTreeForward {
           const T scale = T(S) / T(plan.zs[idx(no.zgroup)].seg.size);
           for (const int oi : no.outs) {
             const auto& o = plan.outs[idx(oi)];
-            auto y = view(vals_[idx(o.output)]);
-            add_input(zs, MatView<const T>(view(vals_[idx(o.input)])), scale, bias, j0, nj, &y(0, j0), y.ld);
+            const auto y = vals_[idx(o.output)];
+            add_input(zs, MatView<const T>(vals_[idx(o.input)]), scale, bias, j0, nj, &y(0, j0), y.ld);
           }
         }
       });
@@ -292,30 +304,31 @@ class PrefixTreeForward {
     parallel_tasks(backend_.threads(), tasks, [&](Index t) {
       const Index j0 = t * column_task;
       const Index nj = std::min(column_task, n - j0);
-      auto& yn = tile_[static_cast<std::size_t>(t)];
-      yn.resize(config_.d, nj);
+      const auto yn = tile_[static_cast<std::size_t>(t)].cols_range(0, nj);
       const auto head_t = map(MatView<const T>(p.head_t));  // (d, classes)
       // The head as (tile, d) x (d, classes): a GEMM whose M is the tile, not the few classes.
-      auto ht = tile_head_[static_cast<std::size_t>(t)].topRows(nj);
+      auto ht = map(tile_head_[static_cast<std::size_t>(t)].rows_range(0, nj));
       const auto head_of = [&](std::size_t k, MatView<const T> v) {
-        auto dst = map(view(head_).block(0, Index(k) * n + j0, classes, nj));
         if constexpr (F::final_norm == FinalNorm::per_stream) {
           final_norm(v, p.final_w, p.final_b, yn, eps);
-          ht.noalias() = yn.transpose() * head_t;
+          ht.noalias() = map(MatView<const T>(yn)).transpose() * head_t;
         } else {
           ht.noalias() = map(v).transpose() * head_t;
         }
-        dst = ht.transpose();
+        const auto slot = head_.cols_range(Index(k) * n + j0, nj);
+        map(slot.rows_range(0, classes)) = ht.transpose();
+        map(slot.rows_range(classes, slot.rows - classes)).setZero();  // padding rows 0
       };
       for (const int k : final_stored_)
-        head_of(idx(k), MatView<const T>(view(vals_[idx(final_values_[idx(k)])])).cols_range(j0, nj));
+        head_of(idx(k), MatView<const T>(vals_[idx(final_values_[idx(k)])]).cols_range(j0, nj));
       // The last block's outputs Y = u + c Z (u = X_s + b: input stream plus bias; Z: the
       // node's sum of per-shard products P_j; c = S/|G|) are final streams, and norm and head
       // are affine in Y given the column's mean and variance:
       //   head(norm(Y)) = rstd * (W'(u - mean u) + c W'(Z - mean Z)) + W beta,  W' = W diag(w)
       //   var(Y) = var(u) + c^2 var(Z) + 2c <u - mean u, Z - mean Z> / d
       // and since the mean of a sum is the sum of the means, Z - mean Z = sum_j (P_j - mean P_j)
-      // and W'(Z - mean Z) = sum_j W'(P_j - mean P_j). So every P_j is centred in place and
+      // and W'(Z - mean Z) = sum_j W'(P_j - mean P_j). So every P_j comes centred from the
+      // GEMM (set_params centres the last block's weights: P_j - mean P_j = B~_j H_j) and is
       // multiplied by the head once (per term, not per node), W'u and var(u) are computed
       // once per input stream, a node sums its centred terms and their head products in
       // registers, column by column, and a (stream, node) pair costs one d-long dot
@@ -328,33 +341,29 @@ class PrefixTreeForward {
       const auto head_into = [&](const T* v, T* out) {  // out (cp, nj) = head'^T v, v (d, nj)
         head_product(head_wt_.data(), cp, d, v, nj, out);
       };
-      auto& ubar = ubar_[idx(int(t))];
-      auto& hu = hu_[idx(int(t))];
-      auto& uvar = uvar_[idx(int(t))];
+      const auto ubar = ubar_[idx(int(t))];
+      const auto hu = hu_[idx(int(t))];
+      T* const uvar = uvar_[idx(int(t))].data;
       const T* const bias = p.blocks[idx(L - 1)].down_b;
       for (std::size_t i = 0; i < final_inputs_.size(); ++i) {
-        const auto x = MatView<const T>(view(vals_[idx(final_inputs_[i])]));
-        T* const u0 = ubar.data() + Index(i) * column_task * d;
+        const auto x = MatView<const T>(vals_[idx(final_inputs_[i])]);
+        T* const u0 = ubar.data + Index(i) * column_task * d;
         for (Index j = 0; j < nj; ++j) {
           const T* __restrict xc = &x(0, j0 + j);
           T* __restrict uc = u0 + j * d;
           for (Index r = 0; r < d; ++r) uc[r] = xc[r] + bias[r];
-          if constexpr (normed) uvar[i * idx(int(column_task)) + idx(int(j))] = center(uc, d, inv_d);
+          if constexpr (normed) uvar[Index(i) * column_task + j] = center(uc, d, inv_d);
         }
         head_into(u0, &hu(0, Index(i) * column_task));
       }
-      auto& hp = hp_[idx(int(t))];
+      const auto hp = hp_[idx(int(t))];
       auto& last_ws = block_ws_[idx(L - 1)];
       const auto term = [&](int q) -> T* {  // columns [j0, j0 + nj) of term q, contiguous
         const auto& ft = final_terms_[idx(q)];
         return &last_ws.p[idx(ft.group)][idx(ft.shard)](0, Index(ft.slot) * n + j0);
       };
-      for (std::size_t q = 0; q < final_terms_.size(); ++q) {
-        T* const p0 = term(int(q));
-        if constexpr (normed)
-          for (Index j = 0; j < nj; ++j) subtract_mean(p0 + j * d, d, inv_d);
-        head_into(p0, &hp(0, Index(q) * column_task));
-      }
+      for (std::size_t q = 0; q < final_terms_.size(); ++q)  // with the final norm: centred
+        head_into(term(int(q)), &hp(0, Index(q) * column_task));
       const Index hlen = cp * nj;
       if constexpr (normed) {
         // Every node, up to four of its final streams at a time, column by column: a
@@ -377,8 +386,8 @@ class PrefixTreeForward {
               const auto& [k, i] = fn.finals[p0 + idx(q)];
               job.out[idx(q)] = &head_(0, Index(k) * n + j0);
               job.hu[idx(q)] = &hu(0, Index(i) * column_task);
-              job.u[idx(q)] = ubar.data() + Index(i) * column_task * d;
-              job.uvar[idx(q)] = uvar.data() + idx(i) * idx(int(column_task));
+              job.u[idx(q)] = ubar.data + Index(i) * column_task * d;
+              job.uvar[idx(q)] = uvar + Index(i) * column_task;
             }
             jobs.push_back(job);
           }
@@ -399,10 +408,10 @@ class PrefixTreeForward {
                 break;
             }
       } else {
-        auto& hz = hz_[idx(int(t))];
+        const auto hz = hz_[idx(int(t))];
         for (const auto& fn : final_nodes_) {
           {  // head(Z) = sum of the terms' head products, in the terms' order
-            T* __restrict hzp = hz.data();
+            T* __restrict hzp = hz.data;
             const T* __restrict h0 = &hp(0, Index(fn.terms[0]) * column_task);
             std::copy_n(h0, hlen, hzp);
             for (std::size_t k = 1; k < fn.terms.size(); ++k) {
@@ -414,24 +423,28 @@ class PrefixTreeForward {
           for (const auto& [k, i] : fn.finals) {
             T* __restrict out = &head_(0, Index(k) * n + j0);
             const T* __restrict hu_t = &hu(0, Index(i) * column_task);
-            const T* __restrict hz_t = hz.data();
+            const T* __restrict hz_t = hz.data;
             for (Index e = 0; e < hlen; ++e) out[e] = hu_t[e] + c * hz_t[e];
           }
         }
       }
       // Logits of each distinct list of final streams, in a padded tile (padding rows 0),
       // then copied out and scored while in cache.
-      T* __restrict lt = logit_tile_[idx(int(t))].data();
+      T* __restrict lt = logit_tile_[idx(int(t))].data;
       const T* __restrict head_b = head_b_.data();
       for (std::size_t f = 0; f < finals_.size(); ++f) {
-        std::fill_n(lt, hlen, T(0));
-        for (const auto& [slot, size] : finals_[f]) {
+        // The bias plus the first stream, then the other streams added in order.
+        for (std::size_t s = 0; s < finals_[f].size(); ++s) {
+          const auto [slot, size] = finals_[f][s];
           const T w = T(size) / T(S);
           const T* __restrict hc = &head_(0, Index(slot) * n + j0);
-          for (Index e = 0; e < hlen; ++e) lt[e] += w * hc[e];
+          if (s == 0) {
+            for (Index j = 0; j < nj; ++j)
+              for (Index cl = 0; cl < cp; ++cl) lt[j * cp + cl] = head_b[cl] + w * hc[j * cp + cl];
+          } else {
+            for (Index e = 0; e < hlen; ++e) lt[e] += w * hc[e];
+          }
         }
-        for (Index j = 0; j < nj; ++j)
-          for (Index cl = 0; cl < cp; ++cl) lt[j * cp + cl] += head_b[cl];
         auto out = view(logits_[f]);
         for (Index j = 0; j < nj; ++j) std::copy_n(lt + j * cp, classes, &out(0, col0 + j0 + j));
         if (!labels.empty()) score_tile(f, col0 / column_task + t, lt, nj, labels.subspan(idx(int(j0))));
@@ -495,9 +508,9 @@ class PrefixTreeForward {
     std::vector<FinalPair> finals;
     std::vector<int> terms;  // its per-shard products, in order: indices into final_terms_
   };
-  struct BlockWorkspace {
-    std::vector<EigenMat<T>> xn, h;           // per up group: normed inputs, activations
-    std::vector<std::vector<EigenMat<T>>> p;  // per up group and shard of it: B_j H_j
+  struct BlockWorkspace {                    // views into arena_
+    std::vector<MatView<T>> xn, h;           // per up group: normed inputs, activations
+    std::vector<std::vector<MatView<T>>> p;  // per up group and shard of it: B_j H_j
   };
 
   static constexpr std::size_t idx(int i) noexcept { return static_cast<std::size_t>(i); }
@@ -506,9 +519,6 @@ class PrefixTreeForward {
     return (config_.classes + packet - 1) / packet * packet;
   }
   static MatView<T> view(EigenMat<T>& m) { return MatView<T>(m.data(), m.rows(), m.cols()); }
-  static MatView<const T> cview(const EigenMat<T>& m) {
-    return MatView<const T>(m.data(), m.rows(), m.cols());
-  }
 
   void build_plan(const std::vector<std::uint64_t>& masks) {
     const auto nstruct = masks.size();
@@ -647,39 +657,59 @@ class PrefixTreeForward {
     flops_.tree += head_flops();
   }
 
+  /// Lays the workspace of a block of n samples out in one allocation (arena_, not
+  /// initialised: every buffer is written before it is read), each buffer on a cache line.
+  /// Two passes over the same layout: the first sums the sizes, the second hands out views.
   void ensure_workspace(Index n) {
     if (n == batch_) return;
-    const Index d = config_.d, hs = config_.h / S;
-    vals_.assign(idx(values_), EigenMat<T>());
-    for (int v = 0; v < values_; ++v)
-      if (stored_[idx(v)]) vals_[idx(v)].resize(d, n);
-    block_ws_.assign(idx(L), BlockWorkspace{});
-    for (int l = 0; l < L; ++l) {
-      const auto& plan = blocks_[idx(l)];
-      auto& ws = block_ws_[idx(l)];
-      for (const auto& up : plan.ups) {
-        const Index cols = Index(up.values.size()) * n;
-        ws.xn.emplace_back(d, cols);
-        ws.h.emplace_back(up.interval.size * hs, cols);
-      }
-      for (const auto& up : plan.ups)
-        ws.p.emplace_back(idx(up.interval.size), EigenMat<T>(d, Index(up.values.size()) * n));
-    }
-    head_ = EigenMat<T>::Zero(padded_classes(), Index(final_values_.size()) * n);
+    const Index d = config_.d, hs = config_.h / S, cp = padded_classes();
     const auto tasks = static_cast<std::size_t>(task_count(n));
-    tile_.assign(tasks, EigenMat<T>(d, column_task));
-    z_tile_.assign(tasks, EigenMat<T>(d, column_task));
-    tile_head_.assign(tasks, EigenMat<T>(column_task, config_.classes));
-    tile_terms_.assign(tasks, {});
-    logit_tile_.assign(tasks, EigenMat<T>(padded_classes(), column_task));
     const auto inputs = static_cast<Index>(final_inputs_.size());
     const auto terms = static_cast<Index>(final_terms_.size());
-    const Index cp = padded_classes();
-    ubar_.assign(tasks, EigenMat<T>(d, column_task * inputs));
-    hu_.assign(tasks, EigenMat<T>(cp, column_task * inputs));
-    hp_.assign(tasks, EigenMat<T>(cp, column_task * terms));
-    hz_.assign(tasks, EigenMat<T>(cp, column_task));
-    uvar_.assign(tasks, std::vector<T>(idx(int(column_task * inputs))));
+    constexpr Index line = 64 / Index(sizeof(T));
+    Index used = 0;
+    T* base = nullptr;
+    const auto take = [&](Index rows, Index cols) {
+      const Index at = used;
+      used += (rows * cols + line - 1) / line * line;
+      return MatView<T>(base == nullptr ? nullptr : base + at, rows, cols);
+    };
+    const auto per_task = [&](std::vector<MatView<T>>& v, Index rows, Index cols) {
+      v.resize(tasks);
+      for (auto& m : v) m = take(rows, cols);
+    };
+    for (int pass = 0; pass < 2; ++pass) {
+      used = 0;
+      vals_.assign(idx(values_), MatView<T>());
+      for (int v = 0; v < values_; ++v)
+        if (stored_[idx(v)]) vals_[idx(v)] = take(d, n);
+      block_ws_.assign(idx(L), BlockWorkspace{});
+      for (int l = 0; l < L; ++l) {
+        auto& ws = block_ws_[idx(l)];
+        for (const auto& up : blocks_[idx(l)].ups) {
+          const Index cols = Index(up.values.size()) * n;
+          ws.xn.push_back(take(d, cols));
+          ws.h.push_back(take(up.interval.size * hs, cols));
+          ws.p.emplace_back();
+          for (int j = 0; j < up.interval.size; ++j) ws.p.back().push_back(take(d, cols));
+        }
+      }
+      head_ = take(cp, Index(final_values_.size()) * n);
+      per_task(tile_, d, column_task);
+      per_task(z_tile_, d, column_task);
+      per_task(tile_head_, column_task, config_.classes);
+      per_task(logit_tile_, cp, column_task);
+      per_task(ubar_, d, column_task * inputs);
+      per_task(hu_, cp, column_task * inputs);
+      per_task(hp_, cp, column_task * terms);
+      per_task(hz_, cp, column_task);
+      per_task(uvar_, column_task * inputs, 1);
+      if (pass == 0) {
+        arena_.resize(used);
+        base = arena_.data();
+      }
+    }
+    tile_terms_.assign(tasks, {});
     node_jobs_.assign(tasks, {});
     mean_.assign(idx(int(n)), T(0));
     rstd_.assign(idx(int(n)), T(0));
@@ -693,8 +723,8 @@ class PrefixTreeForward {
     for (const auto& piece : plan.zs[idx(zgroup)].nodes[idx(znode)].pieces) {
       const auto& up = plan.ups[idx(piece.group)];
       for (int j = piece.first; j < piece.first + piece.size; ++j)
-        terms.push_back(
-            cview(ws.p[idx(piece.group)][idx(j - up.interval.first)]).cols_range(Index(piece.slot) * n, n));
+        terms.push_back(MatView<const T>(ws.p[idx(piece.group)][idx(j - up.interval.first)])
+                            .cols_range(Index(piece.slot) * n, n));
     }
   }
 
@@ -879,8 +909,8 @@ class PrefixTreeForward {
       } else {  // GCC 12 warns inside its AVX-512 intrinsics for Eigen's double pexp
         for (Index c = 0; c < classes; ++c) sum += std::exp(z[c] - zmax);
       }
-      Index best = 0;  // the first largest logit
-      while (best + 1 < classes && !(z[best] == zmax)) ++best;
+      Index best = classes - 1;  // the first largest logit (branch-free: its place is random)
+      for (Index c = classes - 2; c >= 0; --c) best = z[c] == zmax ? c : best;
       const auto y = static_cast<Index>(labels[idx(int(j))]);
       sums[idx(int(j))] = sum;
       label_logit[idx(int(j))] = z[y] - zmax;
@@ -942,7 +972,7 @@ class PrefixTreeForward {
   }
 
   /// The backend's LayerNorm (the same Eigen expression, column by column) into a tile.
-  static void final_norm(MatView<const T> x, const T* w, const T* b, EigenMat<T>& y, T eps) {
+  static void final_norm(MatView<const T> x, const T* w, const T* b, MatView<T> y, T eps) {
     const Index d = x.rows;
     const auto ww = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(w, d);
     const auto bb = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(b, d);
@@ -951,7 +981,7 @@ class PrefixTreeForward {
       const T mu = xc.mean();
       const T var = (xc - mu).square().mean();
       const T rs = T(1) / std::sqrt(var + eps);
-      Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(y.data() + j * d, d) = (xc - mu) * rs * ww + bb;
+      Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(&y(0, j), d) = (xc - mu) * rs * ww + bb;
     }
   }
 
@@ -973,24 +1003,26 @@ class PrefixTreeForward {
 
   Index batch_ = 0;            // columns of the workspace (one block)
   Index block_ = column_task;  // samples per block of forward(x): by default one tile per thread
-  std::vector<EigenMat<T>> vals_;
+  // The workspace of one block of samples: views into arena_ (see ensure_workspace).
+  Eigen::Matrix<T, Eigen::Dynamic, 1> arena_;
+  std::vector<MatView<T>> vals_;  // per value: (d, block) where stored, else empty
   std::vector<BlockWorkspace> block_ws_;
-  EigenMat<T> head_;               // (padded classes, final streams * batch), padding rows 0
-  std::vector<EigenMat<T>> tile_;  // per column task: normed final streams (d, tile)
+  MatView<T> head_;               // (padded classes, final streams * block), padding rows 0
+  std::vector<MatView<T>> tile_;  // per column task: normed final streams (d, tile)
   std::vector<EigenMat<T>> logits_;
   std::vector<T> mean_, rstd_;
-  std::vector<EigenMat<T>> tile_head_;                     // per column task: head^T (tile, classes)
-  std::vector<EigenMat<T>> z_tile_;                        // per column task: a node's sum Z (d, tile)
+  std::vector<MatView<T>> tile_head_;                      // per column task: head^T (tile, classes)
+  std::vector<MatView<T>> z_tile_;                         // per column task: a node's sum Z (d, tile)
   std::vector<std::vector<MatView<const T>>> tile_terms_;  // per column task
   // The last block's final streams by linearity (see forward()), per column task:
-  std::vector<EigenMat<T>> ubar_;  // centred u = x + b of every final input (d, tile * inputs)
-  std::vector<EigenMat<T>> hu_;    // head'(u) of every final input (padded classes, tile * inputs)
-  std::vector<EigenMat<T>> hp_;    // head'(P_j) of every final term (padded classes, tile * terms)
-  std::vector<EigenMat<T>> hz_;    // head(Z) of one node (padded classes, tile), without final norm
+  std::vector<MatView<T>> ubar_;  // centred u = x + b of every final input (d, tile * inputs)
+  std::vector<MatView<T>> hu_;    // head'(u) of every final input (padded classes, tile * inputs)
+  std::vector<MatView<T>> hp_;    // head'(P_j) of every final term (padded classes, tile * terms)
+  std::vector<MatView<T>> hz_;    // head(Z) of one node (padded classes, tile), without final norm
   std::vector<std::vector<NodeTile>> node_jobs_;  // per column task: the last block's nodes, with final norm
-  std::vector<std::vector<T>> uvar_;              // var(u) of every final input (tile * inputs)
+  std::vector<MatView<T>> uvar_;                  // var(u) of every final input (tile * inputs, 1)
   std::span<const T> params_;                     // of the last set_params()
-  std::vector<EigenMat<T>> logit_tile_;          // per column task: logits of one tile (padded classes, tile)
+  std::vector<MatView<T>> logit_tile_;           // per column task: logits of one tile (padded classes, tile)
   std::vector<std::vector<Score>> tile_scores_;  // per column task and logits buffer
   std::vector<Score> scores_;                    // per logits buffer
   typename CpuBackend<T>::PackedTn embed_pack_;
