@@ -779,39 +779,30 @@ class PrefixTreeForward {
 
   /// out = wt v: wt (cp, d), v (d, nj), out (cp, nj), all column-major with leading
   /// dimensions cp, d, cp; cp a multiple of the packet size. A register-blocked product
-  /// for the few rows of a head: four columns at a time, one packet of classes times one
-  /// broadcast value of v per step, read straight from v (no packing, no zero-fill); each
-  /// output is one fused multiply-add chain over r = 0..d-1, the same for any nj.
+  /// for the few rows of a head: eight columns at a time (eight independent accumulators
+  /// keep both FMA ports busy), one packet of classes times one broadcast value of v per
+  /// step, read straight from v (no packing, no zero-fill); each output is one fused
+  /// multiply-add chain over r = 0..d-1, the same for any nj.
   static void head_product(const T* wt, Index cp, Index d, const T* v, Index nj, T* out) {
-    namespace ei = Eigen::internal;
     for (Index rp = 0; rp < cp; rp += packet) {
       Index j = 0;
-      for (; j + 4 <= nj; j += 4) {
-        const T* __restrict v0 = v + j * d;
-        const T* __restrict v1 = v0 + d;
-        const T* __restrict v2 = v1 + d;
-        const T* __restrict v3 = v2 + d;
-        Packet a0 = ei::pset1<Packet>(T(0)), a1 = a0, a2 = a0, a3 = a0;
-        for (Index r = 0; r < d; ++r) {
-          const Packet w = ei::ploadu<Packet>(wt + r * cp + rp);
-          a0 = ei::pmadd(w, ei::pset1<Packet>(v0[r]), a0);
-          a1 = ei::pmadd(w, ei::pset1<Packet>(v1[r]), a1);
-          a2 = ei::pmadd(w, ei::pset1<Packet>(v2[r]), a2);
-          a3 = ei::pmadd(w, ei::pset1<Packet>(v3[r]), a3);
-        }
-        ei::pstoreu(out + j * cp + rp, a0);
-        ei::pstoreu(out + (j + 1) * cp + rp, a1);
-        ei::pstoreu(out + (j + 2) * cp + rp, a2);
-        ei::pstoreu(out + (j + 3) * cp + rp, a3);
-      }
-      for (; j < nj; ++j) {
-        const T* __restrict vj = v + j * d;
-        Packet a = ei::pset1<Packet>(T(0));
-        for (Index r = 0; r < d; ++r)
-          a = ei::pmadd(ei::ploadu<Packet>(wt + r * cp + rp), ei::pset1<Packet>(vj[r]), a);
-        ei::pstoreu(out + j * cp + rp, a);
-      }
+      for (; j + 8 <= nj; j += 8) head_columns<8>(wt + rp, cp, d, v + j * d, out + j * cp + rp);
+      for (; j < nj; ++j) head_columns<1>(wt + rp, cp, d, v + j * d, out + j * cp + rp);
     }
+  }
+
+  /// One packet of rows of head_product for NC columns: out[c * cp] = sum_r wt[r * cp] v[c * d + r].
+  template <int NC>
+  static void head_columns(const T* __restrict wt, Index cp, Index d, const T* __restrict v,
+                           T* __restrict out) {
+    namespace ei = Eigen::internal;
+    Packet acc[NC];  // a plain array: std::array would drop the vector type's attributes
+    for (int c = 0; c < NC; ++c) acc[c] = ei::pset1<Packet>(T(0));
+    for (Index r = 0; r < d; ++r) {
+      const Packet w = ei::ploadu<Packet>(wt + r * cp);
+      for (int c = 0; c < NC; ++c) acc[c] = ei::pmadd(w, ei::pset1<Packet>(v[c * d + r]), acc[c]);
+    }
+    for (int c = 0; c < NC; ++c) ei::pstoreu(out + c * cp, acc[c]);
   }
 
   /// One tile of one last-block node and up to four of its final streams (final norm).
