@@ -218,6 +218,49 @@ TEST_CASE("evaluate_structures: prefix tree equals naive; threads, chunk, order 
   }
 }
 
+TEST_CASE("evaluate_structures in float: prefix tree equals naive, for few and many classes") {
+  // The tree's float scoring (a packet of columns at a time, Eigen's SIMD exp and log)
+  // against the naive method's; 19 classes span more than one SIMD packet of classes.
+  using F = MlpFamily<4, 2, GateLayout::merge_only>;
+  const auto masks = all_masks(F::gates);
+  for (const Index classes : {Index(3), Index(19)}) {
+    CAPTURE(classes);
+    MlpConfig config = small;
+    config.classes = classes;
+    auto ds = random_dataset(83, 31);
+    ds.num_classes = int(classes);
+    std::mt19937_64 rng(5);
+    for (auto& l : ds.labels) l = static_cast<std::uint8_t>(rng() % std::uint64_t(classes));
+    const DatasetView data(ds);
+    const auto pd = test::random_params<double>(mlp_layout(config, F::blocks), 32);
+    const std::vector<float> pf(pd.begin(), pd.end());
+    const auto naive = evaluate_structures<F, float>(config, std::span<const float>(pf), data, masks,
+                                                     {.chunk = 32, .method = EvalMethod::naive});
+    const auto tree =
+        evaluate_structures<F, float>(config, std::span<const float>(pf), data, masks, {.chunk = 32});
+    const auto exact =
+        evaluate_structures<F, double>(config, std::span<const double>(pd), data, masks, {.chunk = 32});
+    REQUIRE(tree.size() == naive.size());
+    for (std::size_t i = 0; i < tree.size(); ++i) {
+      CHECK(std::abs(tree[i].loss - naive[i].loss) <= 1e-5 * naive[i].loss);
+      CHECK(std::abs(tree[i].loss - exact[i].loss) <= 1e-5 * exact[i].loss);
+      CHECK(tree[i].accuracy == naive[i].accuracy);
+    }
+    // All logits equal (zero weights): the loss is log(classes) and the prediction the
+    // first class, in both methods.
+    const std::vector<float> zero(pf.size(), 0.0f);
+    const double label0 = double(std::count(ds.labels.begin(), ds.labels.end(), 0)) / double(ds.count);
+    for (const auto method : {EvalMethod::prefix_tree, EvalMethod::naive}) {
+      const auto flat = evaluate_structures<F, float>(config, std::span<const float>(zero), data, {0, 63},
+                                                      {.chunk = 32, .method = method});
+      for (const auto& r : flat) {
+        CHECK(r.loss == doctest::Approx(std::log(double(classes))).epsilon(1e-6));
+        CHECK(r.accuracy == label0);
+      }
+    }
+  }
+}
+
 TEST_CASE("evaluate_structures: bad input is one clear error") {
   using F = MlpFamily<3, 2>;
   const auto ds = random_dataset(10, 1);

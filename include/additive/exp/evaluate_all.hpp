@@ -158,8 +158,6 @@ class PrefixTreeForward {
     head_beta_.assign(idx(int(cp)), T(0));
     head_b_.assign(idx(int(cp)), T(0));
     std::copy_n(p.head_b, classes, head_b_.begin());
-    score_mask_.assign(idx(int(cp)), -std::numeric_limits<T>::infinity());
-    std::fill_n(score_mask_.begin(), classes, T(0));
     if constexpr (F::final_norm == FinalNorm::per_stream)
       for (Index cl = 0; cl < classes; ++cl)
         for (Index r = 0; r < config_.d; ++r) {
@@ -447,7 +445,9 @@ class PrefixTreeForward {
         }
         auto out = view(logits_[f]);
         for (Index j = 0; j < nj; ++j) std::copy_n(lt + j * cp, classes, &out(0, col0 + j0 + j));
-        if (!labels.empty()) score_tile(f, col0 / column_task + t, lt, nj, labels.subspan(idx(int(j0))));
+        if (!labels.empty())
+          score_tile(f, col0 / column_task + t, lt, nj, labels.subspan(idx(int(j0))),
+                     score_tr_[idx(int(t))].data);
       }
     });
   }
@@ -699,6 +699,7 @@ class PrefixTreeForward {
       per_task(z_tile_, d, column_task);
       per_task(tile_head_, column_task, config_.classes);
       per_task(logit_tile_, cp, column_task);
+      per_task(score_tr_, config_.classes, packet);
       per_task(ubar_, d, column_task * inputs);
       per_task(hu_, cp, column_task * inputs);
       per_task(hp_, cp, column_task * terms);
@@ -872,49 +873,53 @@ class PrefixTreeForward {
   }
 
   /// Cross-entropy and correct predictions of the nj columns of a padded logits tile lt
-  /// ((padded classes, nj), padding rows 0) of logits buffer f, into tile_scores_[t][f].
-  /// One column is one or two SIMD packets: the padding lanes are masked to -inf for the
-  /// maximum and the exponentials (exp(-inf) = 0), and in float the exponentials go through
-  /// Eigen's SIMD exp, so every element gets the same function.
-  void score_tile(std::size_t f, Index t, const T* lt, Index nj, std::span<const std::int32_t> labels) {
+  /// ((padded classes, nj)) of logits buffer f, into tile_scores_[tile][f]. Columns go a
+  /// packet at a time, transposed into `scratch` ((classes, packet)) so that a
+  /// lane is a column and every step is vertical: the maximum, exp (Eigen's SIMD exp in
+  /// float), the sum and the first largest logit are computed for `packet` columns at
+  /// once, with no horizontal reductions and no data-dependent branches. A last, partial
+  /// packet repeats its last column; lanes never mix, so a column's value does not depend
+  /// on where it sits in the tile.
+  void score_tile(std::size_t f, Index tile, const T* lt, Index nj, std::span<const std::int32_t> labels,
+                  T* __restrict scratch) {
     namespace ei = Eigen::internal;
     const Index classes = config_.classes;
     const Index cp = padded_classes();
-    const T* const mask = score_mask_.data();
-    std::array<T, std::size_t(column_task)> sums{}, label_logit{};
+    T zmax[packet], sum[packet], best[packet];  // per lane (column)
     Score sc;
-    for (Index j = 0; j < nj; ++j) {
-      const T* __restrict z = lt + j * cp;
-      Packet mx = ei::padd(ei::ploadu<Packet>(z), ei::ploadu<Packet>(mask));
-      for (Index k = packet; k < cp; k += packet)
-        mx = ei::pmax(mx, ei::padd(ei::ploadu<Packet>(z + k), ei::ploadu<Packet>(mask + k)));
-      const T zmax = ei::predux_max(mx);
-      T sum = 0;
-      if constexpr (std::is_same_v<T, float>) {
-        const Packet shift = ei::pset1<Packet>(zmax);
-        Packet acc = ei::pset1<Packet>(T(0));
-        for (Index k = 0; k < cp; k += packet)
-          acc = ei::padd(acc, ei::pexp(ei::psub(
-                                  ei::padd(ei::ploadu<Packet>(z + k), ei::ploadu<Packet>(mask + k)), shift)));
-        sum = ei::predux(acc);
-      } else {  // GCC 12 warns inside its AVX-512 intrinsics for Eigen's double pexp
-        for (Index c = 0; c < classes; ++c) sum += std::exp(z[c] - zmax);
+    for (Index j0 = 0; j0 < nj; j0 += packet) {
+      const Index nc = std::min(packet, nj - j0);
+      for (Index i = 0; i < packet; ++i) {
+        const T* __restrict z = lt + (j0 + std::min(i, nc - 1)) * cp;
+        for (Index c = 0; c < classes; ++c) scratch[c * packet + i] = z[c];
       }
-      Index best = classes - 1;  // the first largest logit (branch-free: its place is random)
-      for (Index c = classes - 2; c >= 0; --c) best = z[c] == zmax ? c : best;
-      const auto y = static_cast<Index>(labels[idx(int(j))]);
-      sums[idx(int(j))] = sum;
-      label_logit[idx(int(j))] = z[y] - zmax;
-      sc.correct += best == y ? 1 : 0;
+      const auto row = [&](Index c) { return ei::ploadu<Packet>(scratch + c * packet); };
+      Packet mx = row(0);
+      for (Index c = 1; c < classes; ++c) mx = ei::pmax(mx, row(c));
+      Packet arg = ei::pset1<Packet>(T(classes - 1));  // the first largest logit, as a value
+      for (Index c = classes - 2; c >= 0; --c)
+        arg = ei::pselect(ei::pcmp_eq(row(c), mx), ei::pset1<Packet>(T(c)), arg);
+      ei::pstoreu(zmax, mx);
+      ei::pstoreu(best, arg);
+      if constexpr (std::is_same_v<T, float>) {
+        Packet acc = ei::pexp(ei::psub(row(0), mx));
+        for (Index c = 1; c < classes; ++c) acc = ei::padd(acc, ei::pexp(ei::psub(row(c), mx)));
+        ei::pstoreu(sum, ei::plog(acc));
+      } else {  // GCC 12 warns inside its AVX-512 intrinsics for Eigen's double pexp
+        for (Index i = 0; i < packet; ++i) {
+          T acc = 0;
+          for (Index c = 0; c < classes; ++c) acc += std::exp(scratch[c * packet + i] - zmax[i]);
+          sum[i] = std::log(acc);
+        }
+      }
+      // loss = log(sum exp(z - zmax)) - (z_y - zmax)
+      for (Index i = 0; i < nc; ++i) {
+        const auto y = static_cast<Index>(labels[idx(int(j0 + i))]);
+        sc.loss_sum += double(sum[i] - (lt[(j0 + i) * cp + y] - zmax[i]));
+        sc.correct += best[i] == T(y) ? 1 : 0;
+      }
     }
-    // loss = log(sum exp(z - zmax)) - (z_y - zmax); in float the logs go packet-wide too.
-    Index j = 0;
-    if constexpr (std::is_same_v<T, float>)
-      for (; j + packet <= nj; j += packet)
-        ei::pstoreu(sums.data() + j, ei::plog(ei::ploadu<Packet>(sums.data() + j)));
-    for (Index k = j; k < nj; ++k) sums[idx(int(k))] = std::log(sums[idx(int(k))]);
-    for (Index k = 0; k < nj; ++k) sc.loss_sum += double(sums[idx(int(k))] - label_logit[idx(int(k))]);
-    tile_scores_[idx(int(t))][f] = sc;
+    tile_scores_[idx(int(tile))][f] = sc;
   }
 
   /// Subtracts the mean from the d values at v.
@@ -1013,16 +1018,16 @@ class PrefixTreeForward {
   std::vector<std::vector<NodeTile>> node_jobs_;  // per column task: the last block's nodes, with final norm
   std::vector<MatView<T>> uvar_;                  // var(u) of every final input (tile * inputs, 1)
   std::span<const T> params_;                     // of the last set_params()
-  std::vector<MatView<T>> logit_tile_;           // per column task: logits of one tile (padded classes, tile)
+  std::vector<MatView<T>> logit_tile_;  // per column task: logits of one tile (padded classes, tile)
+  std::vector<MatView<T>> score_tr_;    // per column task: score_tile's scratch (padded classes, packet)
   std::vector<std::vector<Score>> tile_scores_;  // per column task and logits buffer
   std::vector<Score> scores_;                    // per logits buffer
   typename CpuBackend<T>::PackedTn embed_pack_;
   std::vector<std::vector<typename CpuBackend<T>::PackedTn>> up_pack_;    // per block and up group
   std::vector<std::vector<typename CpuBackend<T>::PackedTn>> down_pack_;  // per block and shard
-  EigenMat<T> head_wt_;        // head'^T, (padded classes, d): column r holds row r of head' for every class
-  std::vector<T> head_beta_;   // head^T * final norm bias, (padded classes, zeros past classes)
-  std::vector<T> head_b_;      // the head's bias, (padded classes, zeros past classes)
-  std::vector<T> score_mask_;  // (padded classes): 0 for a class, -inf for padding
+  EigenMat<T> head_wt_;       // head'^T, (padded classes, d): column r holds row r of head' for every class
+  std::vector<T> head_beta_;  // head^T * final norm bias, (padded classes, zeros past classes)
+  std::vector<T> head_b_;     // the head's bias, (padded classes, zeros past classes)
 };
 
 }  // namespace cpu
