@@ -97,6 +97,18 @@ void check_logits(std::uint64_t seed) {
   CHECK_THROWS_AS(blocked.set_block_cols(96), InputError);
   CHECK_THROWS_AS(blocked.set_block_cols(0), InputError);
 
+  // Scores without keeping the logits are the same bits; logits() then says why it has none.
+  blocked.forward(x, y);
+  std::vector<typename cpu::PrefixTreeForward<F, double>::Score> kept;
+  for (std::size_t i = 0; i < masks.size(); ++i) kept.push_back(blocked.score(i));
+  blocked.keep_logits(false);
+  blocked.forward(x, y);
+  for (std::size_t i = 0; i < masks.size(); ++i) {
+    CHECK(blocked.score(i).loss_sum == kept[i].loss_sum);
+    CHECK(blocked.score(i).correct == kept[i].correct);
+  }
+  CHECK_THROWS_AS((void)blocked.logits(0), RuntimeError);
+
   // Non-trivial: the structures compute as many different functions as DESIGN says.
   std::vector<std::vector<double>> distinct;
   for (const auto& v : naive)

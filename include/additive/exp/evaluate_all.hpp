@@ -84,12 +84,18 @@ class PrefixTreeForward {
   [[nodiscard]] CpuBackend<T>& backend() noexcept { return backend_; }
   /// Logits of structure i (its position in the mask list) of the last forward: (classes, batch).
   [[nodiscard]] MatView<const T> logits(std::size_t i) const {
+    if (logits_.empty())
+      throw RuntimeError("PrefixTreeForward::logits: no logits kept (no forward yet, or keep_logits(false))");
     const auto& m = logits_[static_cast<std::size_t>(logits_of_[i])];
     return MatView<const T>(m.data(), m.rows(), m.cols());
   }
   /// Structures with the same final streams have one logits buffer: its index, for structure i.
   [[nodiscard]] int logits_id(std::size_t i) const noexcept { return logits_of_[i]; }
   [[nodiscard]] std::size_t distinct_logits() const noexcept { return finals_.size(); }
+  /// Whether forward(x) keeps every structure's logits for logits(i) (the default). Scores
+  /// (forward(x, labels)) do not need them, and copying them out costs about 1% of a
+  /// forward: evaluate_structures turns this off.
+  void keep_logits(bool keep) noexcept { keep_logits_ = keep; }
   /// Distinct stream values the plan computes (the embedding included).
   [[nodiscard]] int values() const noexcept { return values_; }
 
@@ -192,8 +198,13 @@ class PrefixTreeForward {
           throw InputError("evaluate_structures: label " + std::to_string(y) + " outside [0, " +
                            std::to_string(config_.classes) + ")");
     }
-    if (logits_.size() != finals_.size() || logits_[0].cols() != n) {
-      logits_.assign(finals_.size(), EigenMat<T>(config_.classes, n));
+    if (!keep_logits_) {
+      logits_.clear();
+    } else if (logits_.size() != finals_.size() || logits_[0].cols() != n) {
+      logits_.resize(finals_.size());
+      for (auto& m : logits_) m.resize(config_.classes, n);
+    }
+    if (tile_scores_.size() != idx(int(task_count(n))) || scores_.size() != finals_.size()) {
       tile_scores_.assign(idx(int(task_count(n))), std::vector<Score>(finals_.size()));
       scores_.assign(finals_.size(), Score{});
     }
@@ -349,8 +360,10 @@ class PrefixTreeForward {
         for (Index j = 0; j < nj; ++j) {
           const T* __restrict xc = &x(0, j0 + j);
           T* __restrict uc = u0 + j * d;
-          for (Index r = 0; r < d; ++r) uc[r] = xc[r] + bias[r];
-          if constexpr (normed) uvar[Index(i) * column_task + j] = center(uc, d, inv_d);
+          if constexpr (normed)
+            uvar[Index(i) * column_task + j] = add_center(xc, bias, uc, d, inv_d);
+          else
+            for (Index r = 0; r < d; ++r) uc[r] = xc[r] + bias[r];
         }
         head_into(u0, &hu(0, Index(i) * column_task));
       }
@@ -443,8 +456,10 @@ class PrefixTreeForward {
             for (Index e = 0; e < hlen; ++e) lt[e] += w * hc[e];
           }
         }
-        auto out = view(logits_[f]);
-        for (Index j = 0; j < nj; ++j) std::copy_n(lt + j * cp, classes, &out(0, col0 + j0 + j));
+        if (keep_logits_) {
+          auto out = view(logits_[f]);
+          for (Index j = 0; j < nj; ++j) std::copy_n(lt + j * cp, classes, &out(0, col0 + j0 + j));
+        }
         if (!labels.empty())
           score_tile(f, col0 / column_task + t, lt, nj, labels.subspan(idx(int(j0))),
                      score_tr_[idx(int(t))].data);
@@ -922,49 +937,50 @@ class PrefixTreeForward {
     tile_scores_[idx(int(tile))][f] = sc;
   }
 
-  /// Subtracts the mean from the d values at v.
-  static void subtract_mean(T* __restrict v, Index d, T inv_d) {
-    const T mu = lane_sum(v, d) * inv_d;
-    for (Index r = 0; r < d; ++r) v[r] -= mu;
-  }
-
-  /// Subtracts the mean from the d values at v; returns their variance (mean square after
-  /// centring, as the backend's LayerNorm computes it).
-  static T center(T* __restrict v, Index d, T inv_d) {
-    subtract_mean(v, d, inv_d);
-    return lane_dot(v, v, d) * inv_d;
-  }
-
-  // Reductions over a column in two packet-wide partial sums (Eigen's SIMD packets, unaligned
-  // loads) plus a scalar tail, combined in a fixed order: fast, and the same bits wherever the
-  // column sits in memory (unlike Eigen's own reductions, which start at an aligned address).
   using Packet = typename Eigen::internal::packet_traits<T>::type;
   static constexpr Index packet = Eigen::internal::unpacket_traits<Packet>::size;
 
-  static T lane_dot(const T* __restrict a, const T* __restrict b, Index d) {
+  /// u = x + b (d values each), centred; returns its variance (mean square after centring,
+  /// as the backend's LayerNorm computes it). Two passes: the sum while writing u, then the
+  /// centring and the sum of squares. Each sum goes in two packet-wide partial sums (Eigen's
+  /// SIMD packets, unaligned loads) plus a scalar tail, combined in a fixed order: fast, and
+  /// the same bits wherever the column sits in memory (unlike Eigen's own reductions, which
+  /// start at an aligned address).
+  static T add_center(const T* __restrict x, const T* __restrict b, T* __restrict u, Index d, T inv_d) {
     namespace ei = Eigen::internal;
-    Packet acc0 = ei::pset1<Packet>(T(0)), acc1 = acc0;
+    const Packet zero = ei::pset1<Packet>(T(0));
+    Packet s0 = zero, s1 = zero;
     Index r = 0;
     for (; r + 2 * packet <= d; r += 2 * packet) {
-      acc0 = ei::padd(acc0, ei::pmul(ei::ploadu<Packet>(a + r), ei::ploadu<Packet>(b + r)));
-      acc1 = ei::padd(acc1, ei::pmul(ei::ploadu<Packet>(a + r + packet), ei::ploadu<Packet>(b + r + packet)));
+      const Packet a0 = ei::padd(ei::ploadu<Packet>(x + r), ei::ploadu<Packet>(b + r));
+      const Packet a1 = ei::padd(ei::ploadu<Packet>(x + r + packet), ei::ploadu<Packet>(b + r + packet));
+      ei::pstoreu(u + r, a0);
+      ei::pstoreu(u + r + packet, a1);
+      s0 = ei::padd(s0, a0);
+      s1 = ei::padd(s1, a1);
     }
     T tail = 0;
-    for (; r < d; ++r) tail += a[r] * b[r];
-    return ei::predux(ei::padd(acc0, acc1)) + tail;
-  }
-
-  static T lane_sum(const T* __restrict a, Index d) {
-    namespace ei = Eigen::internal;
-    Packet acc0 = ei::pset1<Packet>(T(0)), acc1 = acc0;
-    Index r = 0;
-    for (; r + 2 * packet <= d; r += 2 * packet) {
-      acc0 = ei::padd(acc0, ei::ploadu<Packet>(a + r));
-      acc1 = ei::padd(acc1, ei::ploadu<Packet>(a + r + packet));
+    for (; r < d; ++r) {
+      u[r] = x[r] + b[r];
+      tail += u[r];
     }
-    T tail = 0;
-    for (; r < d; ++r) tail += a[r];
-    return ei::predux(ei::padd(acc0, acc1)) + tail;
+    const T mu = (ei::predux(ei::padd(s0, s1)) + tail) * inv_d;
+    const Packet m = ei::pset1<Packet>(mu);
+    Packet q0 = zero, q1 = zero;
+    for (r = 0; r + 2 * packet <= d; r += 2 * packet) {
+      const Packet a0 = ei::psub(ei::ploadu<Packet>(u + r), m);
+      const Packet a1 = ei::psub(ei::ploadu<Packet>(u + r + packet), m);
+      ei::pstoreu(u + r, a0);
+      ei::pstoreu(u + r + packet, a1);
+      q0 = ei::padd(q0, ei::pmul(a0, a0));
+      q1 = ei::padd(q1, ei::pmul(a1, a1));
+    }
+    T qtail = 0;
+    for (; r < d; ++r) {
+      u[r] -= mu;
+      qtail += u[r] * u[r];
+    }
+    return (ei::predux(ei::padd(q0, q1)) + qtail) * inv_d;
   }
 
   /// The backend's LayerNorm (the same Eigen expression, column by column) into a tile.
@@ -1003,9 +1019,10 @@ class PrefixTreeForward {
   Eigen::Matrix<T, Eigen::Dynamic, 1> arena_;
   std::vector<MatView<T>> vals_;  // per value: (d, block) where stored, else empty
   std::vector<BlockWorkspace> block_ws_;
-  MatView<T> head_;               // (padded classes, final streams * block), padding rows 0
-  std::vector<MatView<T>> tile_;  // per column task: normed final streams (d, tile)
-  std::vector<EigenMat<T>> logits_;
+  MatView<T> head_;                  // (padded classes, final streams * block), padding rows 0
+  std::vector<MatView<T>> tile_;     // per column task: normed final streams (d, tile)
+  std::vector<EigenMat<T>> logits_;  // per logits buffer (classes, batch), if keep_logits_
+  bool keep_logits_ = true;
   std::vector<T> mean_, rstd_;
   std::vector<MatView<T>> tile_head_;                      // per column task: head^T (tile, classes)
   std::vector<MatView<T>> z_tile_;                         // per column task: a node's sum Z (d, tile)
@@ -1085,6 +1102,7 @@ std::vector<StructureEval> evaluate_structures(const MlpConfig& config, std::spa
   std::optional<cpu::MlpModel<F, T>> model;
   if (tree) {
     forest.emplace(config, masks, options.threads);
+    forest->keep_logits(false);  // only the scores are needed
     // Throws InputError unless a positive multiple of 64.
     forest->set_block_cols(options.tree_block > 0 ? options.tree_block : cpu::column_task * options.threads);
   } else
