@@ -95,7 +95,8 @@ class CpuBackend {
 
    private:
     friend class CpuBackend;
-    std::vector<T, Eigen::aligned_allocator<T>> data_;
+    // Aligned, and resize leaves it uninitialised: packing writes every element the kernel reads.
+    Eigen::Matrix<T, Eigen::Dynamic, 1> data_;
     Index m_ = 0, k_ = 0, kc_ = 0, block_ = 0;  // block_: elements per K block of the panels
   };
 
@@ -107,10 +108,10 @@ class CpuBackend {
     const auto [kc, kblocks, a_block] = lhs_blocking(out.m_, out.k_, column_task);
     out.kc_ = kc;
     out.block_ = a_block;
-    out.data_.resize(static_cast<std::size_t>(kblocks * a_block));
+    out.data_.resize(kblocks * a_block);
     pack_lhs<Eigen::RowMajor>(out.data_.data(), a, out.m_, out.k_, kc, a_block);
 #else
-    out.data_.resize(static_cast<std::size_t>(out.m_ * out.k_));  // A^T, column-major (M, K)
+    out.data_.resize(out.m_ * out.k_);  // A^T, column-major (M, K)
     map(MatView<T>(out.data_.data(), out.m_, out.k_)) = map(a).transpose();
 #endif
   }
