@@ -1,6 +1,8 @@
 // additive: the umbrella header. Structures as types (core/), the MLP family (nn/), the
-// Eigen CPU backend (cpu/), optimizers (optim/), data (data/), checkpoints (io/) and the
-// experiment engines (exp/). The CUDA backend has its own target and headers (cuda/).
+// Eigen CPU backend (cpu/), optimizers (optim/), data (data/), checkpoints (io/), the
+// in-process collectives and tensor parallelism (dist/) and the experiment engines (exp/).
+// Not included, since they need more than the additive target links: MPI
+// (dist/mpi_comm.hpp: link MPI::MPI_CXX) and CUDA (cuda/, dist/nccl_*.cuh).
 #pragma once
 
 #include "additive/core/concepts.hpp"
@@ -13,14 +15,29 @@
 #include "additive/cpu/backend.hpp"
 #include "additive/cpu/mlp_model.hpp"
 #include "additive/cpu/parallel.hpp"
+#include "additive/cpu/per_sample.hpp"
 #include "additive/data/dataset.hpp"
 #include "additive/data/idx.hpp"
+#include "additive/dist/collectives.hpp"
+#include "additive/dist/communicator.hpp"
+#include "additive/dist/tensor_parallel.hpp"
+#include "additive/dist/thread_comm.hpp"
+#include "additive/exp/cotrain.hpp"
+#include "additive/exp/cotrain_report.hpp"
+#include "additive/exp/device_runner.hpp"
+#include "additive/exp/evaluate_all.hpp"
 #include "additive/exp/progress.hpp"
+#include "additive/exp/report.hpp"
+#include "additive/exp/search.hpp"
+#include "additive/exp/search_types.hpp"
+#include "additive/exp/stochastic.hpp"
 #include "additive/exp/train.hpp"
 #include "additive/io/atomic_file.hpp"
 #include "additive/io/checkpoint.hpp"
 #include "additive/io/safetensors.hpp"
+#include "additive/nn/cost.hpp"
 #include "additive/nn/mlp.hpp"
+#include "additive/nn/mlp_model.hpp"
 #include "additive/nn/reference.hpp"
 #include "additive/optim/adamw.hpp"
 #include "additive/optim/optimizer.hpp"
