@@ -672,7 +672,8 @@ class PrefixTreeForward {
   }
 
   /// Lays the workspace of a block of n samples out in one allocation (arena_, not
-  /// initialised: every buffer is written before it is read), each buffer on a cache line.
+  /// initialised: every buffer is written before it is read; it only grows, so blocks of
+  /// different widths reuse it), each buffer on a cache line.
   /// Two passes over the same layout: the first sums the sizes, the second hands out views.
   void ensure_workspace(Index n) {
     if (n == batch_) return;
@@ -720,7 +721,7 @@ class PrefixTreeForward {
       per_task(hz_, cp, column_task);
       per_task(uvar_, column_task * inputs, 1);
       if (pass == 0) {
-        arena_.resize(used);
+        if (arena_.size() < used) arena_.resize(used);  // grows only: a partial last block reuses it
         base = arena_.data();
       }
     }
@@ -1034,8 +1035,8 @@ class PrefixTreeForward {
   std::vector<std::vector<NodeTile>> node_jobs_;  // per column task: the last block's nodes, with final norm
   std::vector<MatView<T>> uvar_;                  // var(u) of every final input (tile * inputs, 1)
   std::span<const T> params_;                     // of the last set_params()
-  std::vector<MatView<T>> logit_tile_;  // per column task: logits of one tile (padded classes, tile)
-  std::vector<MatView<T>> score_tr_;    // per column task: score_tile's scratch (padded classes, packet)
+  std::vector<MatView<T>> logit_tile_;           // per column task: logits of one tile (padded classes, tile)
+  std::vector<MatView<T>> score_tr_;             // per column task: score_tile's scratch (classes, packet)
   std::vector<std::vector<Score>> tile_scores_;  // per column task and logits buffer
   std::vector<Score> scores_;                    // per logits buffer
   typename CpuBackend<T>::PackedTn embed_pack_;
