@@ -27,7 +27,7 @@ namespace {
 using namespace additive;
 using Family = MlpFamily<4, 2, GateLayout::merge_only>;
 using T = float;
-using Co = CoTrainer<Family, T, dist::ThreadComm>;
+using Co = CoTrainer<cpu::MlpModel<Family, T>, dist::ThreadComm>;
 
 constexpr std::int64_t batch = 256;
 const MlpConfig config{.in_dim = 784, .d = 256, .h = 1024, .classes = 10};

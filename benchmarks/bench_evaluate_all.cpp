@@ -97,7 +97,7 @@ void evaluate_all(benchmark::State& state, const std::string& name, const MlpCon
 
   double mean_loss = 0;
   for (auto _ : state) {
-    const auto results = evaluate_structures<F, T>(config, params, data, masks, options);
+    const auto results = evaluate_structures<cpu::MlpModel<F, T>>(config, params, data, masks, options);
     mean_loss = 0;
     for (const auto& r : results) mean_loss += r.loss / double(results.size());
     benchmark::DoNotOptimize(results.data());
@@ -120,7 +120,7 @@ template <class F>
 double cpu_seconds(const MlpConfig& config, const DatasetView& data, const std::vector<T>& params,
                    const std::vector<std::uint64_t>& masks, const EvalAllOptions& options) {
   const std::clock_t start = std::clock();
-  const auto results = evaluate_structures<F, T>(config, params, data, masks, options);
+  const auto results = evaluate_structures<cpu::MlpModel<F, T>>(config, params, data, masks, options);
   benchmark::DoNotOptimize(results.data());
   return double(std::clock() - start) / CLOCKS_PER_SEC;
 }

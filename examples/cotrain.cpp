@@ -25,8 +25,12 @@
 #include "additive/exp/cotrain_report.hpp"
 #include "additive/exp/evaluate_all.hpp"
 #include "additive/exp/report.hpp"
+#include "additive/exp/results_file.hpp"
 #include "additive/io/atomic_file.hpp"
+#include "additive/io/json.hpp"
 #include "additive/nn/cost.hpp"
+#include "additive/report/format.hpp"
+#include "additive/report/table.hpp"
 #ifdef ADDITIVE_HAS_MPI
 #include "additive/dist/mpi_comm.hpp"
 #endif
@@ -60,10 +64,13 @@ struct Flags {
 };
 
 nlohmann::json read_json(const std::filesystem::path& path, const char* what) {
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec))
+    throw InputError(fmt::format("{} '{}' is not a regular file", what, path.string()));
   std::ifstream in(path);
   if (!in) throw InputError(fmt::format("cannot open {} '{}'", what, path.string()));
   try {
-    return nlohmann::json::parse(in);
+    return parse_json_limited(in, fmt::format("{} '{}'", what, path.string()));
   } catch (const nlohmann::json::exception& e) {
     throw InputError(fmt::format("{} '{}' is not valid JSON", what, path.string()));
   }
@@ -108,14 +115,27 @@ Plan make_plan(const Flags& f) {
       const auto family = j.at("family").get<std::string>();
       if (family != F::describe())
         throw InputError(fmt::format("topk file '{}' is for family {}, --family {} is {}", path.string(),
-                                     family, f.family, F::describe()));
-      for (const auto& e : j.at("structures")) {
-        const auto m = e.at("mask").get<std::uint64_t>();
+                                     detail::printable(family, echo_limit), f.family, F::describe()));
+      if (!j.at("structures").is_array())
+        throw InputError(fmt::format("topk file '{}': 'structures' is not a list", path.string()));
+      for (std::size_t i = 0; i < j.at("structures").size(); ++i) {
+        const auto& e = j.at("structures")[i];
+        const auto& mask = e.at("mask");
+        if (!detail::is_index(mask))
+          throw InputError(fmt::format("topk file '{}': structure {} has 'mask' {}, expected an integer >= 0",
+                                       path.string(), i + 1, json_echo(mask)));
+        const auto m = mask.get<std::uint64_t>();
         if (m >= limit)
           throw InputError(fmt::format("topk file '{}': mask {:#x} is not of the family", path.string(), m));
         plan.masks.push_back(m);
-        if (e.contains("val_accuracy") && e.at("val_accuracy").is_number())
-          plan.solo[m] = e.at("val_accuracy").get<double>();
+        if (e.contains("val_accuracy") && e.at("val_accuracy").is_number()) {
+          const double a = e.at("val_accuracy").get<double>();
+          if (!(a >= 0 && a <= 1))
+            throw InputError(
+                fmt::format("topk file '{}': structure {} has 'val_accuracy' {}, expected a number in [0, 1]",
+                            path.string(), i + 1, json_echo(e.at("val_accuracy"))));
+          plan.solo[m] = a;
+        }
       }
     } catch (const nlohmann::json::exception&) {
       throw InputError(
@@ -128,14 +148,10 @@ Plan make_plan(const Flags& f) {
     const auto results = path.parent_path() / "results.json";
     if (std::filesystem::exists(results)) {
       const auto r = read_json(results, "search results");
-      if (r.contains("report") && r["report"].is_object() && r["report"].contains("entries")) {
-        for (const auto& e : r["report"]["entries"]) {
-          if (!e.contains("mask") || !e.contains("acc_mean") || !e["acc_mean"].is_number()) continue;
-          const double acc = e["acc_mean"].get<double>();
-          plan.solo[e["mask"].get<std::uint64_t>()] = acc;
-          if (e.contains("equivalent"))
-            for (const auto& q : e["equivalent"]) plan.solo[q.get<std::uint64_t>()] = acc;
-        }
+      if (r.is_object() && r.contains("report")) {  // a finished search: every entry checked
+        for (const auto& [m, acc] : read_report_accuracies(
+                 r.at("report"), fmt::format("search results '{}'", results.string()), limit, nullptr))
+          plan.solo[m] = acc;
         plan.solo_source = results.string();
       }
     }
@@ -165,11 +181,11 @@ template <class F>
 int report(const Flags& f, const Plan& plan, const Setup& s, int workers, const DatasetView& train_view,
            const DatasetView& val_view, std::span<const Scalar> params, const CoTrainResult& result) {
   const int threads = std::max(1, cpu::hardware_threads());
-  const auto own = evaluate_structures<F, Scalar>(
+  const auto own = evaluate_structures<cpu::MlpModel<F, Scalar>>(
       s.model, params, val_view, plan.masks, EvalAllOptions{.threads = threads, .method = EvalMethod::naive});
   std::vector<std::uint64_t> all(std::size_t{1} << F::gates);
   for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
-  const auto every = evaluate_structures<F, Scalar>(
+  const auto every = evaluate_structures<cpu::MlpModel<F, Scalar>>(
       s.model, params, val_view, all, EvalAllOptions{.threads = threads, .show_progress = !f.quiet});
 
   const auto n_params = static_cast<std::int64_t>(params.size());
@@ -193,7 +209,7 @@ int report(const Flags& f, const Plan& plan, const Setup& s, int workers, const 
         mlp_cost<F>(s.model, typename F::mask_type(m), s.train.batch, static_cast<int>(sizeof(Scalar)));
     const double of_dense = dense.comm_bytes > 0 ? cost.comm_bytes / dense.comm_bytes : 0.0;
     structures.push_back({{"mask", m},
-                          {"mask_hex", fmt::format("{:#x}", m)},
+                          {"mask_hex", report::mask_hex(m)},
                           {"structure", name},
                           {"cotrained_accuracy", own[i].accuracy},
                           {"cotrained_loss", own[i].loss},
@@ -202,12 +218,13 @@ int report(const Flags& f, const Plan& plan, const Setup& s, int workers, const 
                           {"tp_bytes_per_step", cost.comm_bytes},
                           {"tp_seconds_per_step", cost.comm_seconds},
                           {"tp_fraction_of_dense", of_dense}});
-    csv += fmt::format("{:#x},\"{}\",{},{},{},{},{},{}\n", m, name, own[i].accuracy, own[i].loss,
+    csv += fmt::format("{},{},{},{},{},{},{},{}\n", report::mask_hex(m), report::csv_quoted(name),
+                       own[i].accuracy, own[i].loss,
                        solo.is_null() ? std::string() : fmt::format("{}", solo.get<double>()),
                        cost.allreduces, cost.comm_bytes, of_dense);
-    std::printf("%-8s %-28s %10.4f %10s %12s %9.3f\n", fmt::format("{:#x}", m).c_str(), name.c_str(),
+    std::printf("%-8s %-28s %10.4f %10s %12s %9.3f\n", report::mask_hex(m).c_str(), name.c_str(),
                 own[i].accuracy, solo.is_null() ? "-" : fmt::format("{:.4f}", solo.get<double>()).c_str(),
-                detail::report::human_bytes(cost.comm_bytes).c_str(), of_dense);
+                report::human_bytes(cost.comm_bytes).c_str(), of_dense);
   }
   nlohmann::json all_json = nlohmann::json::array();
   std::string all_csv = "mask,structure,cotrained,accuracy,loss,solo_accuracy\n";
@@ -223,9 +240,9 @@ int report(const Flags& f, const Plan& plan, const Setup& s, int workers, const 
                         {"accuracy", every[i].accuracy},
                         {"loss", every[i].loss},
                         {"solo_accuracy", solo}});
-    all_csv +=
-        fmt::format("{:#x},\"{}\",{},{},{},{}\n", all[i], name, in_set ? "true" : "false", every[i].accuracy,
-                    every[i].loss, solo.is_null() ? std::string() : fmt::format("{}", solo.get<double>()));
+    all_csv += fmt::format("{},{},{},{},{},{}\n", report::mask_hex(all[i]), report::csv_quoted(name),
+                           in_set ? "true" : "false", every[i].accuracy, every[i].loss,
+                           solo.is_null() ? std::string() : fmt::format("{}", solo.get<double>()));
     if (every[i].accuracy > best) {
       best = every[i].accuracy;
       best_mask = all[i];
@@ -291,11 +308,10 @@ int report(const Flags& f, const Plan& plan, const Setup& s, int workers, const 
                           .cotrained = e["cotrained"].get<bool>()});
   write_cotrain_svg(out / "cotrain.svg", figure);
   std::printf("\nbest of all %zu structures on the co-trained weights: %s %s (%.4f)\n", all.size(),
-              fmt::format("{:#x}", best_mask).c_str(), F::to_string(typename F::mask_type(best_mask)).c_str(),
+              report::mask_hex(best_mask).c_str(), F::to_string(typename F::mask_type(best_mask)).c_str(),
               best);
   std::printf("communication per rank: %lld all-reduces, %s payload (%.3g of synchronous)\n",
-              static_cast<long long>(c.all_reduces),
-              detail::report::human_bytes(double(c.payload_bytes)).c_str(),
+              static_cast<long long>(c.all_reduces), report::human_bytes(double(c.payload_bytes)).c_str(),
               sync_bytes > 0 ? double(c.payload_bytes) / double(sync_bytes) : 0.0);
   std::printf("wrote %s, structures.csv, all_structures.csv, cotrain.svg\n",
               (out / "cotrain.json").string().c_str());
@@ -325,7 +341,7 @@ template <class F, class Comm>
 void run_rank(Comm& comm, const Setup& s, const Plan& plan, const Data& d, bool progress,
               std::vector<Scalar>& params_out, CoTrainResult& result_out) {
   const auto mask = plan.masks[static_cast<std::size_t>(comm.rank()) % plan.masks.size()];
-  CoTrainer<F, Scalar, Comm> trainer(comm, s.model, typename F::mask_type(mask), s.train, s.co);
+  CoTrainer<cpu::MlpModel<F, Scalar>, Comm> trainer(comm, s.model, typename F::mask_type(mask), s.train, s.co);
   if (!s.resume.empty()) trainer.resume(s.resume);
   auto result = trainer.fit(*d.train, DatasetView(d.set, {}), progress && comm.rank() == 0, {}, s.run);
   if (comm.rank() == 0) {
@@ -344,6 +360,10 @@ int run(const Flags& f, Setup s, int mpi_rank, int mpi_size, void* mpi_comm) {
     throw InputError(
         fmt::format("{} {} for {} structures: expected a multiple of {} (rank r trains structure r mod {})",
                     mpi_size > 0 ? "MPI ranks" : "--workers", workers, K, K, K));
+  // Each rank of this process keeps parameters, gradients, 2 optimizer moments (local SGD: 2 more).
+  flags::check_model_fits(
+      s.model, F::blocks, sizeof(Scalar),
+      (s.co.local_steps > 0 ? 6U : 4U) * static_cast<std::uint64_t>(mpi_size > 0 ? 1 : workers));
   if (!f.quiet && mpi_rank <= 0) {
     std::printf(
         "family %s: co-training %d structures on %d %s (%s, %s)\n", F::describe().c_str(), K, workers,
@@ -375,10 +395,8 @@ int run(const Flags& f, Setup s, int mpi_rank, int mpi_size, void* mpi_comm) {
 }
 
 int dispatch(const Flags& f, const Setup& s, int rank, int size, void* comm) {
-  if (f.family == "branch") return run<MlpFamily<4, 2>>(f, s, rank, size, comm);
-  if (f.family == "no-final-norm")
-    return run<MlpFamily<4, 2, GateLayout::merge_only, FinalNorm::none>>(f, s, rank, size, comm);
-  return run<MlpFamily<4, 2, GateLayout::merge_only>>(f, s, rank, size, comm);
+  return with_family(f.family,
+                     [&](auto family) { return run<typename decltype(family)::type>(f, s, rank, size, comm); });
 }
 
 }  // namespace
@@ -397,9 +415,9 @@ int main(int argc, char** argv) {
   topk->excludes(masks);
   app.add_option("--top", f.top, "co-train only the first N structures of --topk (0: all)")
       ->check(within<std::int64_t>(0, big));
-  app.add_option("--family", f.family, "default, branch or no-final-norm (as the search)")
+  app.add_option("--family", f.family, shipped_family_help() + " (as the search)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"default", "branch", "no-final-norm"}));
+      ->check(CLI::IsMember(shipped_family_names()));
   app.add_option("--workers", f.workers, "threads (ranks); rank r trains structure r mod K (default: K)")
       ->check(within(1, 1024));
   app.add_flag("--mpi", f.mpi, "one rank per MPI process (automatic under Open MPI's mpirun)");
@@ -419,7 +437,8 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(within<std::int64_t>(0, big));
   app.add_option("--out", f.out, "directory for cotrain.json, structures.csv, all_structures.csv")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(additive::flags::writable_dir());
   app.add_option("--optimizer", s.train.optimizer, "adamw or sgd (inner optimizer under --local-sgd)")
       ->capture_default_str()
       ->check(CLI::IsMember({"adamw", "sgd"}));
@@ -435,6 +454,7 @@ int main(int argc, char** argv) {
   app.add_option("--checkpoint-every", s.run.checkpoint_every, "also every N steps")
       ->check(within<std::int64_t>(0, big));
   app.add_option("--resume", s.resume, "continue from a checkpoint written with the same options")
+      ->check(additive::flags::non_empty_path())
       ->check(CLI::ExistingFile);
   app.add_option("--stop-after", s.run.stop_after_steps,
                  "stop after this many steps in total, as if interrupted")
@@ -479,7 +499,7 @@ int main(int argc, char** argv) {
   try {
     return dispatch(f, s, -1, 0, nullptr);
   } catch (const InputError& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    additive::flags::print_error(e.what());
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "internal error: %s\n", e.what());

@@ -3,25 +3,47 @@
 #pragma once
 
 #include <fmt/format.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <charconv>
 #include <cstdint>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <string>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
 
 #include <CLI/CLI.hpp>
+
+#include "additive/core/error.hpp"
+#include "additive/io/json.hpp"
+#include "additive/nn/mlp.hpp"
 
 namespace additive::flags {
 
 inline constexpr std::int64_t big = std::int64_t{1} << 40;
 
-/// A numeric flag in [lo, hi].
+/// A numeric flag in [lo, hi]. An integer beyond its type (a seed of 2^64) is outside,
+/// never clamped to the type's largest value.
 template <class T>
 CLI::Validator within(T lo, T hi) {
   return CLI::Validator(
       [lo, hi](std::string& text) -> std::string {
         T value{};
         if (!CLI::detail::lexical_cast(text, value)) return fmt::format("'{}' is not a number", text);
+        if constexpr (std::is_integral_v<T>) {
+          // Conversions saturate at the type's limits: a limit is taken only if it is what was written.
+          if (value == std::numeric_limits<T>::max() || value == std::numeric_limits<T>::min()) {
+            T exact{};
+            const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), exact);
+            if (ec == std::errc::result_out_of_range && end == text.data() + text.size())
+              return fmt::format("{} is outside [{}, {}]", text, lo, hi);
+          }
+        }
         if (!(value >= lo && value <= hi)) return fmt::format("{} is outside [{}, {}]", text, lo, hi);
         return {};
       },
@@ -39,6 +61,68 @@ inline CLI::Validator multiple_of(int n) {
       fmt::format("multiple of {}", n));
 }
 
+/// A path we will read that must not be empty: `--resume ""` (an unset shell variable)
+/// is an error, never a fresh start over an existing checkpoint.
+inline CLI::Validator non_empty_path() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        return text.empty() ? std::string("the path is empty (an unset variable?)") : std::string();
+      },
+      "PATH");
+}
+
+/// An output directory: it exists and is a writable directory, or it can be created (its
+/// nearest existing ancestor is a writable directory). Checked before any work starts, so
+/// that a run does not fail only when it writes its results; nothing is created here.
+inline CLI::Validator writable_dir() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        if (text.empty()) return "the path is empty (an unset variable?)";
+        std::error_code ec;
+        const std::filesystem::path p = std::filesystem::absolute(text, ec);
+        if (ec) return fmt::format("'{}': {}", text, ec.message());
+        if (std::filesystem::exists(p, ec)) {
+          if (!std::filesystem::is_directory(p, ec))
+            return fmt::format("'{}' exists and is not a directory", text);
+          if (::access(p.c_str(), W_OK | X_OK) != 0)
+            return fmt::format("directory '{}' is not writable ({})", text, std::strerror(errno));
+          return {};
+        }
+        std::filesystem::path q = p.parent_path();
+        while (!std::filesystem::exists(q, ec) && q.has_parent_path() && q != q.parent_path())
+          q = q.parent_path();
+        if (!std::filesystem::is_directory(q, ec))
+          return fmt::format("cannot create directory '{}': '{}' is not a directory", text, q.string());
+        if (::access(q.c_str(), W_OK | X_OK) != 0)
+          return fmt::format("cannot create directory '{}': '{}' is not writable ({})", text, q.string(),
+                             std::strerror(errno));
+        return {};
+      },
+      "DIR");
+}
+
+/// This machine's physical memory in bytes (0 when unknown).
+inline std::uint64_t physical_memory() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES);
+  const long page = ::sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(page) : 0;
+}
+
+/// Refuses, before anything is allocated, widths whose model cannot fit in this machine's
+/// memory: `copies` copies of its parameters (each concurrent run keeps its parameters,
+/// gradients and optimizer moments) of `scalar_bytes` bytes each.
+inline void check_model_fits(const MlpConfig& model, int blocks, std::size_t scalar_bytes,
+                             std::uint64_t copies) {
+  const double params = static_cast<double>(mlp_layout(model, blocks).total());
+  const double need = params * static_cast<double>(scalar_bytes) * static_cast<double>(copies);
+  const auto have = physical_memory();
+  if (have > 0 && need > static_cast<double>(have))
+    throw InputError(
+        fmt::format("--d {} --h {}: {:.4g} parameters, {} copies of them need {:.3g} GB, more than this "
+                    "machine's {:.3g} GB",
+                    model.d, model.h, params, copies, need / 1e9, static_cast<double>(have) / 1e9));
+}
+
 /// A path we will write: its directory must exist now, not only when the first write fails.
 inline CLI::Validator writable_path() {
   return CLI::Validator(
@@ -54,14 +138,42 @@ inline CLI::Validator writable_path() {
       "PATH");
 }
 
+/// Prints "error: <what><tail>" as one line: control characters of the input it echoes (a
+/// path or a mask with a newline in it) escaped.
+inline void print_error(const char* what, const char* tail = "") {
+  std::fprintf(stderr, "error: %s%s\n", additive::detail::printable(what, 4096).c_str(), tail);
+}
+
 /// Parses argv; returns -1 to go on, or the exit code (0 for --help, 2 for a bad flag).
 inline int parse(CLI::App& app, int argc, char** argv) {
+  // `--resume=` (`--resume=$UNSET`): an empty value, refused for every flag.
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg(argv[i]);
+    if (arg.size() > 3 && arg.starts_with("--") && arg.find('=') == arg.size() - 1) {
+      print_error(
+          (std::string(arg.substr(0, arg.size() - 1)) + ": an empty value (an unset variable?)").c_str(),
+          " (see --help)");
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
+  } catch (const CLI::ExtrasError& e) {
+    // An empty word where none was expected is almost always an unset shell variable:
+    // `search --resume "$RESULTS"`. Say so, naming the word before it.
+    for (int i = 1; i < argc; ++i)
+      if (argv[i][0] == '\0') {
+        const std::string before = i > 1 ? argv[i - 1] : argv[0];
+        print_error(("an empty argument after '" + before + "' (an unset variable?)").c_str(),
+                    " (see --help)");
+        return 2;
+      }
+    print_error(e.what(), " (see --help)");
+    return 2;
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "error: %s (see --help)\n", e.what());
+    print_error(e.what(), " (see --help)");
     return 2;
   }
   return -1;

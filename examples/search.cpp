@@ -81,7 +81,10 @@ int run(Flags f, TrainOptions train, SearchOptions search, Comm& comm) {
   search.sample_seed = static_cast<std::uint64_t>(f.sample_seed);
   search.dedupe = !f.no_dedupe;
   const MlpConfig model{.in_dim = 784, .d = f.d, .h = f.h, .classes = 10};
-  StructureSearch<F> engine(model, train, search);
+  // Each worker trains a model of its own: parameters, gradients and 2 optimizer moments.
+  additive::flags::check_model_fits(model, F::blocks, sizeof(float),
+                                    4 * static_cast<std::uint64_t>(search.workers));
+  StructureSearch<cpu::MlpModel<F, float>> engine(model, train, search);
 #ifdef ADDITIVE_HAS_CUDA
   if (f.device == "cuda")  // each process trains its jobs concurrently on its GPU
     engine.set_device_runner(examples::cuda_search_runner(
@@ -164,14 +167,12 @@ int main(int argc, char** argv) {
   Flags f;
   TrainOptions train{.epochs = 2, .batch = 128, .lr = 2e-3};
   SearchOptions search{.workers = cpu::hardware_threads()};
-  app.add_option(
-         "--family", f.family,
-         "default: S=4 L=2 merge gates (64 structures); branch: merge and residual gates (256 masks, 81 "
-         "functions); no-final-norm: the degenerate family whose last merge gates cancel out")
+  app.add_option("--family", f.family, shipped_family_help())
       ->capture_default_str()
-      ->check(CLI::IsMember({"default", "branch", "no-final-norm"}));
+      ->check(CLI::IsMember(shipped_family_names()));
   app.add_option("--out", f.out, "directory for results.json, results.csv, topk.json, report.svg")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(additive::flags::writable_dir());
   app.add_flag("--resume", f.resume, "continue the search in --out, training only what is missing");
   app.add_option("--sample", search.sample, "train a seeded sample of this many structures instead of all")
       ->check(within<std::int64_t>(0, big));
@@ -216,10 +217,8 @@ int main(int argc, char** argv) {
   if (const int code = additive::flags::parse(app, argc, argv); code >= 0) return code;
   auto dispatch = [&](auto& comm) {
     check_device(f);
-    if (f.family == "branch") return run<MlpFamily<4, 2>>(f, train, search, comm);
-    if (f.family == "no-final-norm")
-      return run<MlpFamily<4, 2, GateLayout::merge_only, FinalNorm::none>>(f, train, search, comm);
-    return run<MlpFamily<4, 2, GateLayout::merge_only>>(f, train, search, comm);
+    return with_family(f.family,
+                       [&](auto family) { return run<typename decltype(family)::type>(f, train, search, comm); });
   };
 #ifdef ADDITIVE_HAS_MPI
   if (std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr) {  // started by Open MPI's mpirun
@@ -229,7 +228,7 @@ int main(int argc, char** argv) {
       return dispatch(comm);
     } catch (const InputError& e) {
       // The search and the driver throw these on every rank alike: one line, from rank 0.
-      if (comm.rank() == 0) std::fprintf(stderr, "error: %s\n", e.what());
+      if (comm.rank() == 0) additive::flags::print_error(e.what());
       return 2;
     } catch (const std::exception& e) {
       std::fprintf(stderr, "error: rank %d: %s\n", comm.rank(), e.what());
@@ -243,7 +242,7 @@ int main(int argc, char** argv) {
     auto comm = one.join(0);
     return dispatch(comm);
   } catch (const InputError& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    additive::flags::print_error(e.what());
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "internal error: %s\n", e.what());

@@ -52,10 +52,12 @@ int run(const Flags& f, TrainOptions train, StochasticOptions options) {
   options.dense_baseline = !f.no_dense;
   options.progress = !f.quiet;
   const MlpConfig model{.in_dim = 784, .d = f.d, .h = f.h, .classes = 10};
-  StochasticGating<F> engine(model, train, options);
+  additive::flags::check_model_fits(model, F::blocks, sizeof(float), 4);  // parameters, gradients, 2 moments
+  StochasticGating<cpu::MlpModel<F, float>> engine(model, train, options);
 
   // Check the search results before loading data or training: a bad file fails at once.
-  if (!f.search_results.empty()) (void)load_search_accuracies(f.search_results, F::describe());
+  if (!f.search_results.empty())
+    (void)load_search_accuracies(f.search_results, F::describe(), F::mask_type::count);
 
   const ImageDataset train_set = load_idx_dataset(f.data, "train");
   if (train_set.input_dim() != model.in_dim)
@@ -102,11 +104,9 @@ int main(int argc, char** argv) {
   Flags f;
   TrainOptions train{.epochs = 1, .batch = 128, .lr = 2e-3};
   StochasticOptions options{.threads = cpu::hardware_threads()};
-  app.add_option(
-         "--family", f.family,
-         "default: S=4 L=2 merge gates (64 structures); branch: merge and residual gates (256 structures)")
+  app.add_option("--family", f.family, shipped_family_help())
       ->capture_default_str()
-      ->check(CLI::IsMember({"default", "branch"}));
+      ->check(CLI::IsMember(shipped_family_names()));
   app.add_option("--p", f.p, "keep-probability of each gate, in (0, 1]")
       ->capture_default_str()
       ->check(within(0.0, 1.0));
@@ -124,7 +124,8 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(within(1, 1024));
   app.add_option("--out", f.out, "directory for stochastic.json, stochastic.csv, stochastic.svg")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(additive::flags::writable_dir());
   additive::flags::add_budget_options(app, train.epochs, train.lr, train.batch);
   additive::flags::add_seed_option(app, f.seed,
                                    "seed: initial weights, validation split, data order, gate draws");
@@ -145,10 +146,10 @@ int main(int argc, char** argv) {
     if (!(f.p > 0)) throw InputError(fmt::format("--p {} must be a keep-probability in (0, 1]", f.p));
     if (app.count("--p-end") > 0 && !(f.p_end > 0))
       throw InputError(fmt::format("--p-end {} must be a keep-probability in (0, 1]", f.p_end));
-    if (f.family == "branch") return run<MlpFamily<4, 2>>(f, train, options);
-    return run<MlpFamily<4, 2, GateLayout::merge_only>>(f, train, options);
+    return with_family(f.family,
+                       [&](auto family) { return run<typename decltype(family)::type>(f, train, options); });
   } catch (const InputError& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    additive::flags::print_error(e.what());
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "internal error: %s\n", e.what());

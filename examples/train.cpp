@@ -67,6 +67,7 @@ int run(const Flags& f, const additive::TrainOptions& train) {
   using namespace additive;
   const auto mask = Family::mask_type::parse(f.mask);
   const MlpConfig model{.in_dim = 784, .d = f.d, .h = f.h, .classes = 10};
+  flags::check_model_fits(model, Family::blocks, sizeof(T), 4);  // parameters, gradients, 2 moments
 
   const ImageDataset train_set = load_idx_dataset(f.data, "train");
   const ImageDataset test_set = load_idx_dataset(f.data, "test");
@@ -119,7 +120,7 @@ int run(const Flags& f, const additive::TrainOptions& train) {
     test = r.test;
 #endif
   } else {
-    Trainer<Family, T> trainer(model, mask, train, run_opts);
+    Trainer<cpu::MlpModel<Family, T>> trainer(model, mask, train, run_opts);
     if (!f.resume.empty()) trainer.resume(f.resume);
     print_header(trainer.layout().total(), trainer.step());
     result = trainer.fit(train_view, val_view, print_epoch);
@@ -207,7 +208,8 @@ int main(int argc, char** argv) {
       ->check(writable_path());
   app.add_option("--checkpoint-every", f.checkpoint_every, "also every N steps")
       ->check(within<std::int64_t>(0, big));
-  app.add_option("--resume", f.resume, "continue from a checkpoint written with the same options");
+  app.add_option("--resume", f.resume, "continue from a checkpoint written with the same options")
+      ->check(additive::flags::non_empty_path());
   app.add_option("--stop-after", f.stop_after, "stop after this many steps in total, as if interrupted")
       ->check(within<std::int64_t>(0, big));
   app.add_option("--json", f.json, "write the results as JSON here")->check(writable_path());
@@ -226,7 +228,7 @@ int main(int argc, char** argv) {
     train.seed = static_cast<std::uint64_t>(f.seed);
     return f.dtype == "double" ? run<double>(f, train) : run<float>(f, train);
   } catch (const additive::InputError& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    additive::flags::print_error(e.what());
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "internal error: %s\n", e.what());

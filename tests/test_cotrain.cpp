@@ -64,7 +64,7 @@ std::vector<std::vector<double>> cotrain(const std::vector<std::uint64_t>& masks
   std::vector<std::vector<double>> out(masks.size());
   if (stats) stats->assign(masks.size(), {});
   dist::run_threads(K, [&](dist::ThreadComm& comm) {
-    CoTrainer<Fam, double, dist::ThreadComm> t(comm, small, FMask(masks[std::size_t(comm.rank())]), train,
+    CoTrainer<cpu::MlpModel<Fam, double>, dist::ThreadComm> t(comm, small, FMask(masks[std::size_t(comm.rank())]), train,
                                                co);
     for (std::size_t s = 0; s < lrs.size(); ++s)
       t.train_step(data, batch_of(std::int64_t(s), B, data.size()), lrs[s]);
@@ -188,12 +188,12 @@ TEST_CASE("one-rank co-training fit() equals Trainer::fit bit for bit") {
                            20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39});
   const DatasetView val(set, {40, 41, 42, 43, 44, 45, 46, 47, 48, 49});
   const TrainOptions opts{.epochs = 2, .batch = 7, .lr = 1e-2, .warmup = 0.2, .seed = 5};
-  Trainer<Fam, double> solo(small, FMask(0x15), opts, RunOptions{.progress = false});
+  Trainer<cpu::MlpModel<Fam, double>> solo(small, FMask(0x15), opts, RunOptions{.progress = false});
   const auto solo_result = solo.fit(train, val);
   std::vector<double> co_params;
   CoTrainResult co_result;
   dist::run_threads(1, [&](dist::ThreadComm& comm) {
-    CoTrainer<Fam, double, dist::ThreadComm> t(comm, small, FMask(0x15), opts);
+    CoTrainer<cpu::MlpModel<Fam, double>, dist::ThreadComm> t(comm, small, FMask(0x15), opts);
     co_result = t.fit(train, val);
     co_params.assign(t.params().begin(), t.params().end());
   });
@@ -214,7 +214,7 @@ TEST_CASE("a mismatch of the setup between ranks is detected at start") {
         TrainOptions train{.batch = 6};
         CoTrainOptions co;
         if (comm.rank() == 2) tweak(cfg, train, co);
-        CoTrainer<Fam, double, dist::ThreadComm> t(comm, cfg, FMask(0x3f), train, co);
+        CoTrainer<cpu::MlpModel<Fam, double>, dist::ThreadComm> t(comm, cfg, FMask(0x3f), train, co);
       });
     } catch (const CommError& e) {
       message = e.what();
@@ -230,7 +230,7 @@ TEST_CASE("a mismatch of the setup between ranks is detected at start") {
   CHECK(mode.find("co-training setup differs between ranks") != std::string::npos);
   // Different masks are the point: no error.
   CHECK_NOTHROW(dist::run_threads(2, [&](dist::ThreadComm& comm) {
-    CoTrainer<Fam, double, dist::ThreadComm> t(comm, small, FMask(comm.rank() ? 0x15 : 0x3f), TrainOptions{});
+    CoTrainer<cpu::MlpModel<Fam, double>, dist::ThreadComm> t(comm, small, FMask(comm.rank() ? 0x15 : 0x3f), TrainOptions{});
   }));
 }
 
@@ -240,7 +240,7 @@ TEST_CASE("a replica that diverges is detected by the checksum, naming the step"
   std::string message;
   try {
     dist::run_threads(3, [&](dist::ThreadComm& comm) {
-      CoTrainer<Fam, double, dist::ThreadComm> t(comm, small, FMask(0x3f), TrainOptions{.batch = 6},
+      CoTrainer<cpu::MlpModel<Fam, double>, dist::ThreadComm> t(comm, small, FMask(0x3f), TrainOptions{.batch = 6},
                                                  CoTrainOptions{.checksum_every = 1});
       for (std::int64_t s = 0; s < 2; ++s) t.train_step(data, batch_of(s, 6, 40), 1e-2);
       if (comm.rank() == 1) t.params()[5] = std::nextafter(t.params()[5], 1e9);  // one ulp
@@ -296,7 +296,7 @@ TEST_CASE("local-SGD fit(): a last partial period is synchronised, the replicas 
   std::vector<std::vector<double>> params(2);
   std::vector<CoTrainResult> results(2);
   dist::run_threads(2, [&](dist::ThreadComm& comm) {
-    CoTrainer<Fam, double, dist::ThreadComm> t(comm, small, FMask(comm.rank() ? 0x15 : 0x3f), opts,
+    CoTrainer<cpu::MlpModel<Fam, double>, dist::ThreadComm> t(comm, small, FMask(comm.rank() ? 0x15 : 0x3f), opts,
                                                CoTrainOptions{.local_steps = 5});
     results[std::size_t(comm.rank())] = t.fit(train, val);
     CHECK(t.in_sync());

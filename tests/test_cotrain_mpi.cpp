@@ -48,7 +48,7 @@ std::vector<std::int64_t> batch_of(std::int64_t s, std::int64_t b, std::int64_t 
 
 template <class Comm>
 std::vector<double> train(Comm& comm, const TrainOptions& opts, const DatasetView& data) {
-  CoTrainer<Fam, double, Comm> t(comm, small, FMask(masks[comm.rank() % 4]), opts,
+  CoTrainer<cpu::MlpModel<Fam, double>, Comm> t(comm, small, FMask(masks[comm.rank() % 4]), opts,
                                  CoTrainOptions{.checksum_every = 1});
   for (std::int64_t s = 0; s < 4; ++s) t.train_step(data, batch_of(s, opts.batch, data.size()), 1e-2);
   t.verify_replicas();
@@ -86,7 +86,7 @@ TEST_CASE("a setup mismatch between MPI ranks is a CommError on every rank") {
   if (comm.rank() == comm.size() - 1) cfg.d = 12;
   std::string message;
   try {
-    CoTrainer<Fam, double, MpiComm> t(comm, cfg, FMask(0x3f), TrainOptions{.batch = 8});
+    CoTrainer<cpu::MlpModel<Fam, double>, MpiComm> t(comm, cfg, FMask(0x3f), TrainOptions{.batch = 8});
   } catch (const CommError& e) {
     message = e.what();
   }

@@ -72,7 +72,7 @@ TEST_CASE("co-training SVG: bars, distribution, escaped, well-formed, determinis
   CHECK(count(svg, "<text") == count(svg, "</text>"));
   // Two bars for each structure with an accuracy alone, one for the third.
   CHECK(count(group(svg, "bars"), "<rect") == 5);
-  CHECK(count(group(svg, "bars"), std::string("fill=\"") + detail::report::colour_front + "\"") == 2);
+  CHECK(count(group(svg, "bars"), std::string("fill=\"") + report::colour_front + "\"") == 2);
   // The histogram counts 64 structures; three ticks mark the co-trained ones.
   CHECK(count(group(svg, "cotrained"), "<line") == 3);
   CHECK(count(group(svg, "histogram"), "<rect") >= 5);

@@ -21,7 +21,7 @@ namespace {
 
 using Fam = MlpFamily<4, 2, GateLayout::merge_only>;
 using FMask = Fam::mask_type;
-using Co = CoTrainer<Fam, double, dist::ThreadComm>;
+using Co = CoTrainer<cpu::MlpModel<Fam, double>, dist::ThreadComm>;
 const MlpConfig small{.in_dim = 12, .d = 8, .h = 12, .classes = 3};
 const std::uint64_t masks[] = {0x3f, 0x15, 0x2a};
 

@@ -3,6 +3,10 @@
 #include <doctest/doctest.h>
 #include <zlib.h>
 
+#ifdef __unix__
+#include <sys/stat.h>
+#endif
+
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -266,4 +270,137 @@ TEST_CASE("IDX writer refuses what the reader would refuse, and reports unwritab
   CHECK_THROWS_WITH_AS(additive::write_idx_labels(nowhere, std::vector<std::uint8_t>{1}, true),
                        doctest::Contains(nowhere.string().c_str()), InputError);
   CHECK(fs::is_empty(dir.path()));
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile headers and streams (issue 18): no signed overflow, no allocation a header's
+// claim cannot justify, nothing accepted after the gzip stream.
+// ---------------------------------------------------------------------------------------
+
+namespace {
+
+/// Gzip-compresses `bytes` into one member (as gzip(1) does).
+std::vector<std::uint8_t> gzip_bytes(const std::vector<std::uint8_t>& bytes) {
+  z_stream zs{};
+  REQUIRE(deflateInit2(&zs, 9, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) == Z_OK);
+  std::vector<std::uint8_t> out(deflateBound(&zs, static_cast<uLong>(bytes.size())) + 64);
+  zs.next_in = const_cast<Bytef*>(bytes.data());
+  zs.avail_in = static_cast<uInt>(bytes.size());
+  zs.next_out = out.data();
+  zs.avail_out = static_cast<uInt>(out.size());
+  REQUIRE(deflate(&zs, Z_FINISH) == Z_STREAM_END);
+  out.resize(out.size() - zs.avail_out);
+  deflateEnd(&zs);
+  return out;
+}
+
+std::vector<std::uint8_t> concat(std::vector<std::uint8_t> a, const std::vector<std::uint8_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+}  // namespace
+
+TEST_CASE("IDX reader: dimensions whose product overflows 64-bit signed arithmetic are refused") {
+  TempDir dir;
+  const auto path = dir / "huge";
+  for (bool gzip : {true, false}) {
+    CAPTURE(gzip);
+    // 0xffffffff x 0xffffffff pixels per image: the product needs 64 unsigned bits.
+    write_bytes(path, be32({0x803, 1, 0xFFFFFFFFU, 0xFFFFFFFFU}), gzip);
+    CHECK(contains(input_error([&] { (void)additive::read_idx_images(path); }, path),
+                   "implausible image size 4294967295 x 4294967295"));
+    write_bytes(path, be32({0x803, 0xFFFFFFFFU, 0xFFFFFFFFU, 0xFFFFFFFFU}), gzip);
+    CHECK(contains(input_error([&] { (void)additive::read_idx_images(path); }, path),
+                   "implausible image size"));
+  }
+  // The writer checks the same product without overflow.
+  IdxImages wide{1, 0xFFFFFFFFLL, 0xFFFFFFFFLL, {}};
+  CHECK_THROWS_AS(additive::write_idx_images(dir / "w", wide, false), additive::RuntimeError);
+}
+
+TEST_CASE("IDX reader: a header's claim is checked before anything is allocated") {
+  TempDir dir;
+  const auto path = dir / "claim";
+  SUBCASE("raw: more than the rest of the file") {
+    auto bytes = be32({0x803, 0x100000U, 1024, 1024});  // 2^40 bytes claimed
+    bytes.resize(bytes.size() + 10, 1);
+    write_bytes(path, bytes, false);
+    const std::string msg = input_error([&] { (void)additive::read_idx_images(path); }, path);
+    CHECK(contains(msg, "truncated"));
+    CHECK(contains(msg, "10 of 1099511627776 bytes"));
+  }
+  SUBCASE("gzip: more than a file of this size can inflate to") {
+    write_bytes(path, be32({0x801, 0xFFFFFFFFU}), true);
+    const std::string msg = input_error([&] { (void)additive::read_idx_labels(path); }, path);
+    CHECK(contains(msg, "truncated"));
+    CHECK(contains(msg, "4294967295 bytes of label data"));
+  }
+  SUBCASE("more than the limit, even when the file could hold it") {
+    auto bytes = be32({0x803, 100, 28, 28});
+    bytes.resize(bytes.size() + 100 * 28 * 28, 0);  // all zeros: a 200-byte gzip file
+    for (bool gzip : {true, false}) {
+      CAPTURE(gzip);
+      write_bytes(path, bytes, gzip);
+      CHECK(additive::read_idx_images(path).count == 100);
+      const std::string msg = input_error([&] { (void)additive::read_idx_images(path, 50000); }, path);
+      CHECK(contains(msg, "78400 bytes of pixel data of 100 images, more than the limit of 50000 bytes"));
+    }
+  }
+}
+
+TEST_CASE("IDX reader: nothing but further gzip members may follow the gzip stream") {
+  TempDir dir;
+  const auto path = dir / "labels.gz";
+  const std::vector<std::uint8_t> labels = {0x00, 0x00, 0x08, 0x01, 0, 0, 0, 3, 1, 2, 3};
+  const auto gz = gzip_bytes(labels);
+
+  SUBCASE("garbage after the stream") {
+    write_bytes(path, concat(gz, {'g', 'a', 'r', 'b', 'a', 'g', 'e'}), false);
+    CHECK(contains(input_error([&] { (void)additive::read_idx_labels(path); }, path),
+                   "7 bytes after the end of the gzip stream are not gzip data"));
+    write_bytes(path, concat(gz, {0}), false);  // a single byte
+    CHECK(contains(input_error([&] { (void)additive::read_idx_labels(path); }, path),
+                   "1 bytes after the end of the gzip stream are not gzip data"));
+  }
+  SUBCASE("garbage after a stream that ends inside the data") {
+    const auto short_gz = gzip_bytes({0x00, 0x00, 0x08, 0x01, 0, 0, 0, 3, 1});
+    write_bytes(path, concat(short_gz, {'x', 'y'}), false);
+    const std::string msg = input_error([&] { (void)additive::read_idx_labels(path); }, path);
+    CHECK(contains(msg, "truncated"));
+    CHECK(contains(msg, "followed by 2 bytes that are not gzip data"));
+  }
+  SUBCASE("concatenated members read as one stream, as gzip -d does") {
+    const std::vector<std::uint8_t> head(labels.begin(), labels.begin() + 9),
+        tail(labels.begin() + 9, labels.end());
+    write_bytes(path, concat(gzip_bytes(head), gzip_bytes(tail)), false);
+    CHECK(additive::read_idx_labels(path) == std::vector<std::uint8_t>{1, 2, 3});
+    // A second member with more data than the header counts: trailing bytes.
+    write_bytes(path, concat(gz, gzip_bytes({9, 9})), false);
+    CHECK(contains(input_error([&] { (void)additive::read_idx_labels(path); }, path), "2 trailing bytes"));
+  }
+}
+
+TEST_CASE("IDX reader: a gzip bomb behind a valid file is refused without inflating it") {
+  TempDir dir;
+  const auto path = dir / "bomb.gz";
+  // 3 labels, then 16 MiB of zeros: about 16 KiB compressed.
+  std::vector<std::uint8_t> data = {0x00, 0x00, 0x08, 0x01, 0, 0, 0, 3, 1, 2, 3};
+  data.resize(data.size() + (std::size_t{1} << 24), 0);
+  const auto gz = gzip_bytes(data);
+  data.clear();
+  data.shrink_to_fit();
+  write_bytes(path, gz, false);
+  CHECK(fs::file_size(path) < (std::size_t{1} << 20));
+  CHECK(contains(input_error([&] { (void)additive::read_idx_labels(path); }, path),
+                 "more than 1048576 trailing bytes after 3 labels"));
+}
+
+TEST_CASE("IDX reader: only regular files") {
+#ifdef __unix__
+  TempDir dir;
+  const auto fifo = dir / "fifo";
+  REQUIRE(mkfifo(fifo.string().c_str(), 0600) == 0);
+  CHECK(contains(input_error([&] { (void)additive::read_idx_labels(fifo); }, fifo), "not a regular file"));
+#endif
 }

@@ -168,29 +168,29 @@ void check_with_python(const fs::path& svg, std::size_t circles) {
 }  // namespace
 
 TEST_CASE("formatting helpers") {
-  namespace rd = additive::detail::report;
-  CHECK(rd::human_count(950) == "950");
-  CHECK(rd::human_count(12'345) == "12.3k");
-  CHECK(rd::human_count(1'264'000) == "1.26M");
-  CHECK(rd::human_count(999'600) == "1.00M");  // rounds into the next unit, not "1000k"
-  CHECK(rd::human_bytes(0) == "0 B");
-  CHECK(rd::human_bytes(512) == "512 B");
-  CHECK(rd::human_bytes(1536) == "1.50 KiB");
-  CHECK(rd::human_bytes(12.0 * mib) == "12.0 MiB");
-  CHECK(rd::mask_hex(0x2d) == "0x2d");
-  CHECK(rd::xml_escape("a<b>&\"c'\x01") == "a&lt;b&gt;&amp;&quot;c&apos;?");
-  CHECK(rd::csv_field("plain") == "plain");
-  CHECK(rd::csv_field("a,b") == "\"a,b\"");
-  CHECK(rd::truncate("short", 10) == "short");
-  CHECK(rd::truncate("[12|34] . [1234]", 10) == "[12|34]\u2026");
-  CHECK(rd::text_width("\u00b1 \u00b5s") == 4);
-  const rd::Ticks t = rd::nice_ticks(97.3, 98.6);
+  namespace report = additive::report;
+  CHECK(report::human_count(950) == "950");
+  CHECK(report::human_count(12'345) == "12.3k");
+  CHECK(report::human_count(1'264'000) == "1.26M");
+  CHECK(report::human_count(999'600) == "1.00M");  // rounds into the next unit, not "1000k"
+  CHECK(report::human_bytes(0) == "0 B");
+  CHECK(report::human_bytes(512) == "512 B");
+  CHECK(report::human_bytes(1536) == "1.50 KiB");
+  CHECK(report::human_bytes(12.0 * mib) == "12.0 MiB");
+  CHECK(report::mask_hex(0x2d) == "0x2d");
+  CHECK(report::xml_escape("a<b>&\"c'\x01") == "a&lt;b&gt;&amp;&quot;c&apos;?");
+  CHECK(report::csv_field("plain") == "plain");
+  CHECK(report::csv_field("a,b") == "\"a,b\"");
+  CHECK(report::truncate("short", 10) == "short");
+  CHECK(report::truncate("[12|34] . [1234]", 10) == "[12|34]\u2026");
+  CHECK(report::text_width("\u00b1 \u00b5s") == 4);
+  const report::Ticks t = report::nice_ticks(97.3, 98.6);
   CHECK(t.step == doctest::Approx(0.5));  // 1.3 / 5 = 0.26 -> 0.5
   CHECK(t.lo == doctest::Approx(97.0));
   CHECK(t.hi == doctest::Approx(99.0));
   CHECK(t.decimals == 1);
   CHECK(t.values.size() == 5);
-  const rd::Ticks big = rd::nice_ticks(0, 3.12);
+  const report::Ticks big = report::nice_ticks(0, 3.12);
   CHECK(big.step == 1);
   CHECK(big.hi == 4);
   CHECK(big.decimals == 0);
@@ -279,7 +279,7 @@ TEST_CASE("leaderboard: rows in rank order, front marks, footer and trust line")
   CHECK(lines[header + 4].find("256 KiB") != std::string::npos);
   CHECK(lines[header + 6].find("0 B") != std::string::npos);
   // aligned: every front mark sits under the "front" header (widths in code points: ± and µ)
-  const auto width = [](std::string_view s) { return additive::detail::report::text_width(s); };
+  const auto width = [](std::string_view s) { return additive::report::text_width(s); };
   const auto mark_column = width(std::string_view(lines[header]).substr(0, lines[header].find("front")));
   for (std::size_t i = 0; i < r.entries.size(); ++i)
     if (expected_front[i]) CHECK(width(lines[header + 1 + i]) == mark_column + 1);

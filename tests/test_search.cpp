@@ -11,9 +11,15 @@
 
 #include "additive/exp/search.hpp"
 
+#include "test_support.hpp"
+
 using namespace additive;
 
 namespace {
+
+/// The search over family F, trained in float on the CPU.
+template <class F>
+using Search = StructureSearch<cpu::MlpModel<F, float>>;
 
 using Default = MlpFamily<4, 2, GateLayout::merge_only>;  // n = 6
 using Branch = MlpFamily<4, 2>;                           // n = 8, 81 functions
@@ -22,17 +28,7 @@ using Degenerate = MlpFamily<4, 2, GateLayout::merge_only, FinalNorm::none>;
 const MlpConfig model{.in_dim = 20, .d = 8, .h = 16, .classes = 4};
 const TrainOptions train{.epochs = 1, .batch = 32, .lr = 5e-3, .seed = 3};
 
-ImageDataset synthetic(std::int64_t count, std::uint64_t seed) {
-  ImageDataset ds{count, 4, 5, 4, {}, {}};
-  std::mt19937_64 rng(seed);
-  for (std::int64_t i = 0; i < count; ++i) {
-    const auto label = static_cast<std::uint8_t>(rng() % 4);
-    for (int p = 0; p < 20; ++p)
-      ds.pixels.push_back(static_cast<std::uint8_t>(rng() % 128 + ((p % 4) == label ? 90 : 0)));
-    ds.labels.push_back(label);
-  }
-  return ds;
-}
+ImageDataset synthetic(std::int64_t count, std::uint64_t seed) { return test::synthetic_images(count, seed); }
 
 std::filesystem::path temp_path(const std::string& name) {
   return std::filesystem::temp_directory_path() / ("additive_test_search_" + name + ".json");
@@ -50,27 +46,27 @@ void check_same_ranking(const SearchReport& a, const SearchReport& b) {
 }  // namespace
 
 TEST_CASE("candidates: every structure, or a seeded sample of distinct ones") {
-  CHECK(StructureSearch<Default>(model, train, {}).candidates().size() == 64);
-  const auto a = StructureSearch<Branch>(model, train, {.sample = 20, .sample_seed = 5}).candidates();
-  const auto b = StructureSearch<Branch>(model, train, {.sample = 20, .sample_seed = 5}).candidates();
-  const auto c = StructureSearch<Branch>(model, train, {.sample = 20, .sample_seed = 6}).candidates();
+  CHECK(Search<Default>(model, train, {}).candidates().size() == 64);
+  const auto a = Search<Branch>(model, train, {.sample = 20, .sample_seed = 5}).candidates();
+  const auto b = Search<Branch>(model, train, {.sample = 20, .sample_seed = 5}).candidates();
+  const auto c = Search<Branch>(model, train, {.sample = 20, .sample_seed = 6}).candidates();
   CHECK(a.size() == 20);
   CHECK(std::set<std::uint64_t>(a.begin(), a.end()).size() == 20);
   CHECK(std::is_sorted(a.begin(), a.end()));
   CHECK(a == b);
   CHECK(a != c);
-  CHECK_THROWS_WITH_AS(StructureSearch<Branch>(model, train, {.sample = 0}), doctest::Contains("empty"),
+  CHECK_THROWS_WITH_AS(Search<Branch>(model, train, {.sample = 0}), doctest::Contains("empty"),
                        InputError);
-  CHECK_THROWS_AS(StructureSearch<Default>(model, train, {.sample = 65}), InputError);
+  CHECK_THROWS_AS(Search<Default>(model, train, {.sample = 65}), InputError);
 }
 
 TEST_CASE("equivalence detector: none in the default family, the known ones elsewhere") {
   SUBCASE("default family: 64 structures, 64 functions") {
-    StructureSearch<Default> s(model, train, {});
+    Search<Default> s(model, train, {});
     CHECK(s.equivalence_groups(s.candidates()).size() == 64);
   }
   SUBCASE("no final norm: the last block's merge gates cancel out, 8 groups of 8") {
-    StructureSearch<Degenerate> s(model, train, {});
+    Search<Degenerate> s(model, train, {});
     const auto groups = s.equivalence_groups(s.candidates());
     REQUIRE(groups.size() == 8);
     for (const auto& g : groups) {
@@ -79,7 +75,7 @@ TEST_CASE("equivalence detector: none in the default family, the known ones else
     }
   }
   SUBCASE("branch gates: masks group exactly by canonical form, 81 functions") {
-    StructureSearch<Branch> s(model, train, {});
+    Search<Branch> s(model, train, {});
     const auto groups = s.equivalence_groups(s.candidates());
     CHECK(groups.size() == 81);
     for (const auto& g : groups)
@@ -97,10 +93,10 @@ TEST_CASE("results are identical for 1 and 2 workers, and a resumed search match
       .sample = 12, .sample_seed = 1, .seeds = 2, .top_k = 4, .long_epochs = 2, .long_top = 4};
 
   options.workers = 1;
-  StructureSearch<Default> one(model, train, options);
+  Search<Default> one(model, train, options);
   const auto a = one.run(tv, vv, {}, false, data, false);
   options.workers = 2;
-  StructureSearch<Default> two(model, train, options);
+  Search<Default> two(model, train, options);
   const auto path = temp_path("resume");
   const auto b = two.run(tv, vv, path, false, data, false);
   check_same_ranking(a, b);
@@ -116,7 +112,7 @@ TEST_CASE("results are identical for 1 and 2 workers, and a resumed search match
   j["complete"] = false;
   j.erase("report");
   std::ofstream(path) << j.dump();
-  StructureSearch<Default> resumed(model, train, options);
+  Search<Default> resumed(model, train, options);
   const auto c = resumed.run(tv, vv, path, true, data, false);
   CHECK(resumed.runs_trained() == static_cast<std::int64_t>(all_runs) - 9);
   check_same_ranking(a, c);
@@ -125,7 +121,7 @@ TEST_CASE("results are identical for 1 and 2 workers, and a resumed search match
   SUBCASE("resume refuses a results file of another search, and an unreadable one") {
     TrainOptions other = train;
     other.lr = 1e-2;
-    StructureSearch<Default> s(model, other, options);
+    Search<Default> s(model, other, options);
     CHECK_THROWS_WITH_AS(s.run(tv, vv, path, true, data, false), doctest::Contains("other train settings"),
                          InputError);
     CHECK_THROWS_WITH_AS(s.run(tv, vv, temp_path("missing"), true, data, false),
@@ -145,10 +141,10 @@ TEST_CASE("the search on 3 thread ranks equals one process, and an error on one 
   const DatasetView tv(train_set), vv(val_set);
   const nlohmann::json data{{"synthetic", 1}};
   const SearchOptions options{.sample = 8, .sample_seed = 2, .seeds = 2, .top_k = 4, .workers = 1};
-  const auto want = StructureSearch<Default>(model, train, options).run(tv, vv, {}, false, data, false);
+  const auto want = Search<Default>(model, train, options).run(tv, vv, {}, false, data, false);
   std::vector<SearchReport> got(3);
   dist::run_threads(3, [&](dist::ThreadComm& comm) {
-    StructureSearch<Default> s(model, train, options);
+    Search<Default> s(model, train, options);
     got[static_cast<std::size_t>(comm.rank())] = s.run(comm, tv, vv, {}, false, data, false);
     CHECK(s.runs_trained() == 8 * 2);
   });
@@ -156,7 +152,7 @@ TEST_CASE("the search on 3 thread ranks equals one process, and an error on one 
 
   std::vector<std::string> errors(3);
   dist::run_threads(3, [&](dist::ThreadComm& comm) {
-    StructureSearch<Default> s(model, train, options);
+    Search<Default> s(model, train, options);
     try {
       s.run(comm, comm.rank() == 1 ? DatasetView(empty) : tv, vv, {}, false, data, false);
     } catch (const InputError& e) {

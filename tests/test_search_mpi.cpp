@@ -18,10 +18,16 @@
 #include "additive/dist/mpi_comm.hpp"
 #include "additive/exp/search.hpp"
 
+#include "test_support.hpp"
+
 using namespace additive;
 using additive::dist::MpiComm;
 
 namespace {
+
+/// The search over family F, trained in float on the CPU.
+template <class F>
+using Search = StructureSearch<cpu::MlpModel<F, float>>;
 
 using Default = MlpFamily<4, 2, GateLayout::merge_only>;
 
@@ -31,17 +37,7 @@ const SearchOptions options{
     .sample = 12, .sample_seed = 1, .seeds = 2, .top_k = 4, .long_epochs = 2, .long_top = 4, .workers = 1};
 const nlohmann::json data_identity{{"synthetic", 1}};
 
-ImageDataset synthetic(std::int64_t count, std::uint64_t seed) {
-  ImageDataset ds{count, 4, 5, 4, {}, {}};
-  std::mt19937_64 rng(seed);
-  for (std::int64_t i = 0; i < count; ++i) {
-    const auto label = static_cast<std::uint8_t>(rng() % 4);
-    for (int p = 0; p < 20; ++p)
-      ds.pixels.push_back(static_cast<std::uint8_t>(rng() % 128 + ((p % 4) == label ? 90 : 0)));
-    ds.labels.push_back(label);
-  }
-  return ds;
-}
+ImageDataset synthetic(std::int64_t count, std::uint64_t seed) { return test::synthetic_images(count, seed); }
 
 /// Rank 0's scratch file; only rank 0 touches it (ctest may run np 1, 2, 3 at once).
 std::filesystem::path scratch(const MpiComm& comm, const std::string& name) {
@@ -81,7 +77,7 @@ TEST_CASE("a search on MPI ranks equals a one-process search, and resumes from r
   const DatasetView tv(train_set), vv(val_set);
   const auto path = scratch(comm, "ranks");
 
-  StructureSearch<Default> ranked(model, train, options);
+  Search<Default> ranked(model, train, options);
   const auto got = ranked.run(comm, tv, vv, path, false, data_identity, false);
   // Every rank trained its share and ends with every record: the same report everywhere.
   CHECK(ranked.runs_trained() == 12 * 2 + 4);
@@ -91,7 +87,7 @@ TEST_CASE("a search on MPI ranks equals a one-process search, and resumes from r
   nlohmann::json want_runs, kept;
   if (comm.rank() == 0) {
     const auto ref_path = scratch(comm, "one");
-    StructureSearch<Default> one(model, train, options);
+    Search<Default> one(model, train, options);
     want = one.run(tv, vv, ref_path, false, data_identity, false);
     // Non-trivial: the structures do not all score alike.
     CHECK(want.entries.front().acc_mean > want.entries.back().acc_mean);
@@ -112,7 +108,7 @@ TEST_CASE("a search on MPI ranks equals a one-process search, and resumes from r
   }
   comm.barrier();
 
-  StructureSearch<Default> resumed(model, train, options);
+  Search<Default> resumed(model, train, options);
   const auto again = resumed.run(comm, tv, vv, path, true, data_identity, false);
   CHECK(resumed.runs_trained() == 12 * 2 + 4 - 5);
   if (comm.rank() == 0) {
@@ -126,7 +122,7 @@ TEST_CASE("a search on MPI ranks equals a one-process search, and resumes from r
   // Resume refuses rank 0's file of another search, on every rank.
   TrainOptions other = train;
   other.lr = 1e-2;
-  StructureSearch<Default> wrong(model, other, options);
+  Search<Default> wrong(model, other, options);
   CHECK_THROWS_WITH_AS(wrong.run(comm, tv, vv, path, true, data_identity, false),
                        doctest::Contains("other train settings"), InputError);
   comm.barrier();
@@ -142,7 +138,7 @@ TEST_CASE("a failure on one rank is the same error on every rank; ranks that dis
   // The last rank's training set is empty: its first run throws, the others' succeed.
   const DatasetView tv = last ? DatasetView(empty) : DatasetView(train_set);
   const DatasetView vv(val_set);
-  StructureSearch<Default> s(model, train, options);
+  Search<Default> s(model, train, options);
   CHECK_THROWS_WITH_AS(s.run(comm, tv, vv, {}, false, data_identity, false),
                        doctest::Contains("training set is empty"), InputError);
 
@@ -150,7 +146,7 @@ TEST_CASE("a failure on one rank is the same error on every rank; ranks that dis
   if (comm.size() > 1) {
     TrainOptions mine = train;
     if (last) mine.lr = 1e-2;
-    StructureSearch<Default> d(model, mine, options);
+    Search<Default> d(model, mine, options);
     CHECK_THROWS_WITH_AS(d.run(comm, DatasetView(train_set), vv, {}, false, data_identity, false),
                          doctest::Contains("search settings"), CommError);
   }

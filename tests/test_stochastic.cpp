@@ -16,6 +16,12 @@ using namespace additive;
 
 namespace {
 
+/// The engines over family F, in float on the CPU.
+template <class F>
+using Gating = StochasticGating<cpu::MlpModel<F, float>>;
+template <class F>
+using FloatTrainer = Trainer<cpu::MlpModel<F, float>>;
+
 using F = MlpFamily<4, 2>;
 const MlpConfig model_config{.in_dim = 20, .d = 16, .h = 32, .classes = 4};
 
@@ -55,7 +61,7 @@ struct Run {
 
 Run train(const Data& d, std::optional<GatingOptions> gating, int threads = 2,
           const TrainOptions& o = options) {
-  Trainer<F, float> t(model_config, F::mask_type::all(), o, RunOptions{.threads = threads, .progress = false},
+  FloatTrainer<F> t(model_config, F::mask_type::all(), o, RunOptions{.threads = threads, .progress = false},
                       gating);
   const auto r = t.fit(d.train, d.val);
   Run out{{t.params().begin(), t.params().end()}, {}};
@@ -101,12 +107,12 @@ TEST_CASE("a gated run stopped and resumed ends bit-identical; other gating is r
     const Run whole = train(d, g);
     const auto ckpt = temp_path(per_sample ? "sample.safetensors" : "batch.safetensors");
     {
-      Trainer<F, float> t(
+      FloatTrainer<F> t(
           model_config, F::mask_type::all(), options,
           RunOptions{.threads = 2, .checkpoint = ckpt, .stop_after_steps = 7, .progress = false}, g);
       t.fit(d.train, d.val);
     }
-    Trainer<F, float> t(model_config, F::mask_type::all(), options,
+    FloatTrainer<F> t(model_config, F::mask_type::all(), options,
                         RunOptions{.threads = 1, .progress = false}, g);
     t.resume(ckpt);
     CHECK(t.step() == 7);
@@ -115,9 +121,9 @@ TEST_CASE("a gated run stopped and resumed ends bit-identical; other gating is r
 
     GatingOptions other = g;
     other.p = 0.4;
-    Trainer<F, float> wrong(model_config, F::mask_type::all(), options, RunOptions{.progress = false}, other);
+    FloatTrainer<F> wrong(model_config, F::mask_type::all(), options, RunOptions{.progress = false}, other);
     CHECK_THROWS_WITH_AS(wrong.resume(ckpt), doctest::Contains("gating"), InputError);
-    Trainer<F, float> ungated(model_config, F::mask_type::all(), options, RunOptions{.progress = false});
+    FloatTrainer<F> ungated(model_config, F::mask_type::all(), options, RunOptions{.progress = false});
     CHECK_THROWS_WITH_AS(ungated.resume(ckpt), doctest::Contains("gating"), InputError);
     std::filesystem::remove(ckpt);
   }
@@ -146,11 +152,11 @@ TEST_CASE("bad gating options are one clear error") {
                          InputError);
   }
   const auto make = [] {
-    Trainer<F, float> t(model_config, F::mask_type::all(), options, {}, GatingOptions{.p = 0});
+    FloatTrainer<F> t(model_config, F::mask_type::all(), options, {}, GatingOptions{.p = 0});
   };
   CHECK_THROWS_AS(make(), InputError);
-  CHECK_THROWS_AS(StochasticGating<F>(model_config, options, StochasticOptions{.sample = 0}), InputError);
-  CHECK_THROWS_AS(StochasticGating<F>(model_config, options, StochasticOptions{.sample = 257}), InputError);
+  CHECK_THROWS_AS(Gating<F>(model_config, options, StochasticOptions{.sample = 0}), InputError);
+  CHECK_THROWS_AS(Gating<F>(model_config, options, StochasticOptions{.sample = 257}), InputError);
 }
 
 TEST_CASE("quartiles interpolate between order statistics") {
@@ -178,7 +184,7 @@ TEST_CASE("the engine evaluates every structure and compares with a search's res
                          {{"mask", 0}, {"acc_mean", 0.5}, {"equivalent", {8, 16}}}}}}}};
     std::ofstream(results) << j.dump();
   }
-  StochasticGating<F> engine(model_config, options,
+  Gating<F> engine(model_config, options,
                              StochasticOptions{.gating = {.p = 0.7}, .threads = 2, .progress = false});
   const auto r = engine.run(d.train, d.val, results);
   REQUIRE(r.entries.size() == 256);
@@ -198,7 +204,7 @@ TEST_CASE("the engine evaluates every structure and compares with a search's res
 
   // The same engine without gating noise: the dense structure of the gated model (p = 1) is
   // the dense model trained alone.
-  StochasticGating<F> exact(model_config, options,
+  Gating<F> exact(model_config, options,
                             StochasticOptions{.sample = 5, .threads = 1, .progress = false});
   const auto e = exact.run(d.train, d.val);
   CHECK(e.entries.size() == 5);

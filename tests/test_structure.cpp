@@ -20,12 +20,26 @@ using F52 = MlpFamily<5, 2, GateLayout::merge_only>;  // n = 8: 4 merge gates pe
 static_assert(Family<F42> && Family<F52>);
 static_assert(!Family<int>);
 static_assert(!Family<Mask<4>>);
-static_assert(Block<BlockGates<4, GateLayout::merge_and_branch>>);
-static_assert(!Block<int>);
-static_assert(!Block<Segment>);
+static_assert(GateBlock<BlockGates<4, GateLayout::merge_and_branch>>);
+static_assert(!GateBlock<int>);
+static_assert(!GateBlock<Segment>);
 static_assert(Backend<cpu::CpuBackend<float>> && Backend<cpu::CpuBackend<double>>);
 static_assert(!Backend<int>);
 static_assert(!Backend<F42>);
+namespace {
+/// The GEMMs of a backend but none of its other primitives: not a Backend.
+struct GemmsOnly {
+  using scalar_type = float;
+  struct Counters {
+    std::uint64_t gemms = 0;
+  };
+  Counters counters() const { return {}; }
+  void gemm_tn(MatView<float>, MatView<const float>, MatView<const float>, float, float) {}
+  void gemm_nn(MatView<float>, MatView<const float>, MatView<const float>, float, float) {}
+  void gemm_nt(MatView<float>, MatView<const float>, MatView<const float>, float, float) {}
+};
+}  // namespace
+static_assert(!Backend<GemmsOnly>);
 static_assert(MaskOf<F42, 0xFF> && !MaskOf<F42, 0x100>);
 static_assert(MaskOf<F52, 0xFF> && !MaskOf<F52, 0x1FF>);
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "additive/core/view.hpp"
+#include "additive/data/dataset.hpp"
 #include "additive/nn/mlp.hpp"
 
 namespace additive::test {
@@ -52,6 +53,20 @@ double max_abs(std::span<const T> a) {
   double m = 0;
   for (auto v : a) m = std::max(m, std::abs(double(v)));
   return m;
+}
+
+/// A learnable synthetic image set for the engine tests: `count` 4x5 "images" of 4 classes,
+/// the label is which quarter of the pixels (p % 4) is brighter by `bright`.
+inline ImageDataset synthetic_images(std::int64_t count, std::uint64_t seed, int bright = 90) {
+  ImageDataset ds{count, 4, 5, 4, {}, {}};
+  std::mt19937_64 rng(seed);
+  for (std::int64_t i = 0; i < count; ++i) {
+    const auto label = static_cast<std::uint8_t>(rng() % 4);
+    for (int p = 0; p < 20; ++p)
+      ds.pixels.push_back(static_cast<std::uint8_t>(rng() % 128 + ((p % 4) == label ? bright : 0)));
+    ds.labels.push_back(label);
+  }
+  return ds;
 }
 
 /// Logits of a view as a column-major vector.

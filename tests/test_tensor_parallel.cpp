@@ -55,8 +55,8 @@ void check_family(const MlpConfig& c, Index batch, std::uint64_t seed) {
   const MatView<const double> xv(x.data(), c.in_dim, batch);
   const ParamLayout local_layout = mlp_layout(dist::shard_config(c, S), F::blocks);
   std::size_t replicated_count = 0;
-  for (const auto& t : local_layout.tensors())
-    replicated_count += dist::is_sharded_tensor(t.name) ? 0 : t.size;
+  for (std::size_t i = 0; i < local_layout.tensors().size(); ++i)
+    replicated_count += dist::is_sharded_tensor(c, F::blocks, S, i) ? 0 : local_layout.tensors()[i].size;
 
   // The shards: extract, then gather back, gives the parameters again.
   std::vector<std::vector<double>> local(S, std::vector<double>(local_layout.total()));
@@ -133,8 +133,8 @@ void check_family(const MlpConfig& c, Index batch, std::uint64_t seed) {
     for (int j = 0; j < S; ++j) {
       const auto& gj = out[static_cast<std::size_t>(j)][bits].grads;
       dist::insert_shard<double>(c, F::blocks, S, j, gj, gathered, j == 0);
-      for (const auto& t : local_layout.tensors())
-        if (!dist::is_sharded_tensor(t.name))
+      for (std::size_t i = 0; i < local_layout.tensors().size(); ++i)
+        if (const auto& t = local_layout.tensors()[i]; !dist::is_sharded_tensor(c, F::blocks, S, i))
           CHECK(std::memcmp(gj.data() + t.offset, r0.grads.data() + t.offset, t.size * sizeof(double)) == 0);
     }
     const double grad_err =

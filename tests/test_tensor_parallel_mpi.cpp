@@ -89,8 +89,8 @@ void check_family(MpiComm& comm, Index batch, std::uint64_t seed) {
 
     replicated.assign({loss});
     replicated.insert(replicated.end(), logits.begin(), logits.end());
-    for (const auto& t : tp.layout().tensors())
-      if (!dist::is_sharded_tensor(t.name))
+    for (std::size_t i = 0; i < tp.layout().tensors().size(); ++i)
+      if (const auto& t = tp.layout().tensors()[i]; !dist::is_sharded_tensor(small, F::blocks, S, i))
         replicated.insert(replicated.end(), grads.begin() + static_cast<std::ptrdiff_t>(t.offset),
                           grads.begin() + static_cast<std::ptrdiff_t>(t.offset + t.size));
     CHECK(same_on_all_ranks(comm, replicated));

@@ -53,7 +53,7 @@ std::filesystem::path temp_path(const std::string& name) {
 template <class T>
 std::vector<T> trained(const Data& d, F::mask_type mask, const TrainOptions& o, RunOptions run,
                        std::vector<EpochRecord>* epochs = nullptr) {
-  Trainer<F, T> t(model_config, mask, o, run);
+  Trainer<cpu::MlpModel<F, T>> t(model_config, mask, o, run);
   auto r = t.fit(d.train, d.val);
   if (epochs != nullptr) *epochs = r.epochs;
   return {t.params().begin(), t.params().end()};
@@ -63,7 +63,7 @@ std::vector<T> trained(const Data& d, F::mask_type mask, const TrainOptions& o, 
 
 TEST_CASE("training learns the synthetic task") {
   const Data d;
-  Trainer<F, float> t(model_config, F::mask_type(0xAD), options, quiet);
+  Trainer<cpu::MlpModel<F, float>> t(model_config, F::mask_type(0xAD), options, quiet);
   const auto before = t.evaluate(d.val);
   const auto r = t.fit(d.train, d.val);
   REQUIRE(r.finished);
@@ -100,7 +100,7 @@ TEST_CASE("a run stopped and resumed from its checkpoint ends bit-identical to t
       RunOptions first = quiet;
       first.checkpoint = path;
       first.stop_after_steps = stop;
-      Trainer<F, float> a(model_config, F::mask_type(0xDD), o, first);
+      Trainer<cpu::MlpModel<F, float>> a(model_config, F::mask_type(0xDD), o, first);
       const auto partial = a.fit(d.train, d.val);
       CHECK_FALSE(partial.finished);
       CHECK(partial.steps == stop);
@@ -108,7 +108,7 @@ TEST_CASE("a run stopped and resumed from its checkpoint ends bit-identical to t
 
       RunOptions second = quiet;
       second.threads = 1;  // a different thread count changes nothing
-      Trainer<F, float> b(model_config, F::mask_type(0xDD), o, second);
+      Trainer<cpu::MlpModel<F, float>> b(model_config, F::mask_type(0xDD), o, second);
       b.resume(path);
       CHECK(b.step() == stop);
       const auto rest = b.fit(d.train, d.val);
@@ -131,10 +131,10 @@ TEST_CASE(
   RunOptions run = quiet;
   run.checkpoint = path;
   run.stop_after_steps = 3;
-  Trainer<F, float> a(model_config, F::mask_type(0xDD), options, run);
+  Trainer<cpu::MlpModel<F, float>> a(model_config, F::mask_type(0xDD), options, run);
   a.fit(d.train, d.val);
 
-  Trainer<F, float> other_mask(model_config, F::mask_type(0xAD), options, quiet);
+  Trainer<cpu::MlpModel<F, float>> other_mask(model_config, F::mask_type(0xAD), options, quiet);
   const std::vector<float> before(other_mask.params().begin(), other_mask.params().end());
   CHECK_THROWS_WITH_AS(other_mask.resume(path),
                        doctest::Contains("was written for mask 0xdd, this run uses 0xad"), InputError);
@@ -143,12 +143,12 @@ TEST_CASE(
 
   TrainOptions lr = options;
   lr.lr = 1e-2;
-  Trainer<F, float> other_lr(model_config, F::mask_type(0xDD), lr, quiet);
+  Trainer<cpu::MlpModel<F, float>> other_lr(model_config, F::mask_type(0xDD), lr, quiet);
   CHECK_THROWS_WITH_AS(other_lr.resume(path), doctest::Contains("training options"), InputError);
 
   MlpConfig wider = model_config;
   wider.d = 32;
-  Trainer<F, float> other_width(wider, F::mask_type(0xDD), options, quiet);
+  Trainer<cpu::MlpModel<F, float>> other_width(wider, F::mask_type(0xDD), options, quiet);
   CHECK_THROWS_AS(other_width.resume(path), InputError);  // shapes differ
   std::filesystem::remove(path);
 }

@@ -9,6 +9,7 @@
 #include "additive/core/structure.hpp"
 #include "additive/cuda/stream.cuh"
 #include "additive/cuda/train.cuh"
+#include "additive/nn/families.hpp"
 
 #include "device_runner.hpp"
 
@@ -72,11 +73,8 @@ DeviceJobRunner runner_for(const MlpConfig& model, const CudaDriverOptions& opti
 
 DeviceJobRunner cuda_search_runner(const std::string& family, const MlpConfig& model,
                                    const CudaDriverOptions& options) {
-  if (family == "branch") return runner_for<MlpFamily<4, 2>>(model, options);
-  if (family == "no-final-norm")
-    return runner_for<MlpFamily<4, 2, GateLayout::merge_only, FinalNorm::none>>(model, options);
-  if (family == "default") return runner_for<MlpFamily<4, 2, GateLayout::merge_only>>(model, options);
-  throw InputError("--device cuda: unknown family '" + family + "'");
+  return with_family(family,
+                     [&](auto f) { return runner_for<typename decltype(f)::type>(model, options); });
 }
 
 }  // namespace additive::examples

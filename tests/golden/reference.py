@@ -1,6 +1,6 @@
 """Independent PyTorch reference of the sharded MLP family of `additive`.
 
-Written from ../../../shared/DESIGN.md (section 2) and docs/design-notes.md only,
+Written from docs/design.md (section 2) and docs/design-notes.md only,
 never from the C++ sources. Works in float32 and float64 (the dtype of the
 parameters decides). Run directly (`python tests/golden/reference.py`) for the
 float64 self-test.

@@ -14,6 +14,16 @@
 
 namespace additive {
 
+/// Which axis of a tensor is cut into the model's shards (shard j owns the j-th equal
+/// slice along it), or none (`axis = -1`: the tensor is replicated, every shard reads all
+/// of it). Tensor parallelism, gradient buckets and shard assembly read this, not names.
+struct ShardAxis {
+  int axis = -1;
+  int shards = 1;
+  [[nodiscard]] constexpr bool sharded() const noexcept { return axis >= 0; }
+  friend constexpr bool operator==(ShardAxis, ShardAxis) = default;
+};
+
 /// One named tensor inside a flat buffer.
 struct TensorSpec {
   std::string name;                 ///< safetensors name, e.g. "blocks.0.up.weight"
@@ -21,16 +31,23 @@ struct TensorSpec {
   std::size_t offset = 0;           ///< first element in the flat buffer
   std::size_t size = 0;             ///< number of elements
   bool decay = true;                ///< weight decay applies (false for norms and biases)
+  ShardAxis shard{};                ///< the axis cut into shards, if any
 };
 
 /// Named tensors laid end to end. Offsets are assigned in insertion order.
 class ParamLayout {
  public:
-  std::size_t add(std::string name, std::vector<std::int64_t> shape, bool decay) {
+  std::size_t add(std::string name, std::vector<std::int64_t> shape, bool decay, ShardAxis shard = {}) {
+    if (shard.sharded()) {
+      const auto axis = static_cast<std::size_t>(shard.axis);
+      if (axis >= shape.size() || shard.shards < 1 || shape[axis] % shard.shards != 0)
+        throw RuntimeError("parameter layout: tensor '" + name + "' cannot be cut into " +
+                           std::to_string(shard.shards) + " shards along axis " + std::to_string(shard.axis));
+    }
     std::size_t n =
         std::accumulate(shape.begin(), shape.end(), std::size_t{1},
                         [](std::size_t a, std::int64_t b) { return a * static_cast<std::size_t>(b); });
-    TensorSpec t{std::move(name), std::move(shape), total_, n, decay};
+    TensorSpec t{std::move(name), std::move(shape), total_, n, decay, shard};
     total_ += n;
     tensors_.push_back(std::move(t));
     return tensors_.back().offset;
@@ -50,7 +67,9 @@ class ParamLayout {
     for (std::size_t i = 0; i < a.tensors_.size(); ++i) {
       const auto& x = a.tensors_[i];
       const auto& y = b.tensors_[i];
-      if (x.name != y.name || x.shape != y.shape || x.offset != y.offset || x.decay != y.decay) return false;
+      if (x.name != y.name || x.shape != y.shape || x.offset != y.offset || x.decay != y.decay ||
+          x.shard != y.shard)
+        return false;
     }
     return true;
   }

@@ -21,6 +21,8 @@ namespace additive::cpu {
 template <class T>
 struct CpuMlpOps {
   using backend_type = CpuBackend<T>;
+  template <class U>
+  using rebind = CpuMlpOps<U>;
   using matrix = EigenMat<T>;  // (rows, capacity), column-major
   using vector = std::vector<T>;
   static constexpr bool asynchronous = false;

@@ -21,6 +21,7 @@
 #include "additive/cpu/backend.hpp"
 #include "additive/cpu/mlp_model.hpp"
 #include "additive/nn/mlp.hpp"
+#include "additive/nn/model.hpp"
 
 namespace additive::cpu {
 
@@ -273,3 +274,12 @@ class PerSampleMlp {
 };
 
 }  // namespace additive::cpu
+
+namespace additive {
+/// cpu::MlpModel's per-sample path (the PerSampleModel concept).
+template <Family F, class T>
+struct per_sample_model<cpu::MlpModel<F, T>> {
+  using type = cpu::PerSampleMlp<F, T>;
+};
+}  // namespace additive
+

@@ -16,24 +16,17 @@
 #include "additive/cuda/error.cuh"
 #include "additive/cuda/kernels.cuh"
 #include "additive/optim/adamw.hpp"
+#include "additive/optim/adamw_math.hpp"
 #include "additive/optim/optimizer.hpp"
 
 namespace additive::cuda {
 
 namespace detail {
 template <class T>
-__global__ void adamw_kernel(T* p, const T* g, T* m, T* v, Index n, T b1, T one_minus_b1, T b2,
-                             T one_minus_b2, T step_size, T sqrt_bc2, T eps, T keep) {
+__global__ void adamw_kernel(T* p, const T* g, T* m, T* v, Index n, AdamWScalars<T> s, T keep) {
   for (Index i = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<Index>(gridDim.x) * blockDim.x) {
-    const T gi = g[i];
-    const T mi = add_rn(mul_rn(b1, m[i]), mul_rn(one_minus_b1, gi));
-    const T vi = add_rn(mul_rn(b2, v[i]), mul_rn(mul_rn(one_minus_b2, gi), gi));
-    m[i] = mi;
-    v[i] = vi;
-    const T denom = add_rn(div_rn(sqrt_(vi), sqrt_bc2), eps);
-    p[i] = sub_rn(mul_rn(p[i], keep), mul_rn(step_size, div_rn(mi, denom)));
-  }
+       i += static_cast<Index>(gridDim.x) * blockDim.x)
+    adamw_element<Rn<T>>(p[i], g[i], m[i], v[i], s, keep);
 }
 
 }  // namespace detail
@@ -60,25 +53,14 @@ class AdamW {
   void step(std::span<T> params, std::span<const T> grads, T lr, cudaStream_t stream) {
     ::additive::detail::check_step_args("AdamW (cuda)", layout_, params, grads, lr);
     ++steps_;
-    const double t = static_cast<double>(steps_);
-    const double lr_d = static_cast<double>(lr);
-    const double bc1 = 1.0 - std::pow(config_.beta1, t);
-    const double bc2 = 1.0 - std::pow(config_.beta2, t);
-    const T b1 = static_cast<T>(config_.beta1);
-    const T one_minus_b1 = static_cast<T>(1.0 - config_.beta1);
-    const T b2 = static_cast<T>(config_.beta2);
-    const T one_minus_b2 = static_cast<T>(1.0 - config_.beta2);
-    const T step_size = static_cast<T>(lr_d / bc1);
-    const T sqrt_bc2 = static_cast<T>(std::sqrt(bc2));
-    const T eps = static_cast<T>(config_.eps);
-    const T decayed = static_cast<T>(1.0 - lr_d * config_.weight_decay);
+    const auto s = AdamWScalars<T>::make(config_, steps_, static_cast<double>(lr));
     for (const TensorSpec& spec : layout_.tensors()) {
       if (spec.size == 0) continue;
-      const T keep = spec.decay ? decayed : T(1);
+      const T keep = spec.decay ? s.decayed : T(1);
       const auto n = static_cast<Index>(spec.size);
       detail::adamw_kernel<<<detail::blocks_for(n), detail::threads_per_block, 0, stream>>>(
           params.data() + spec.offset, grads.data() + spec.offset, m_.data() + spec.offset,
-          v_.data() + spec.offset, n, b1, one_minus_b1, b2, one_minus_b2, step_size, sqrt_bc2, eps, keep);
+          v_.data() + spec.offset, n, s, keep);
       ADDITIVE_CUDA_CHECK_LAUNCH();
     }
   }

@@ -21,6 +21,7 @@
 #include <string>
 #include <type_traits>
 
+#include "additive/core/concepts.hpp"
 #include "additive/core/error.hpp"
 #include "additive/core/view.hpp"
 #include "additive/cuda/blas.cuh"
@@ -255,5 +256,7 @@ class Backend {
   DeviceBuffer<__nv_bfloat16> scratch_a_, scratch_b_;  // bf16 GEMM operands
   std::span<const T> master_;                          // the weights weights16_ was cast from
 };
+
+static_assert(additive::Backend<Backend<float>>, "cuda::Backend must offer every primitive of the Backend concept");
 
 }  // namespace additive::cuda

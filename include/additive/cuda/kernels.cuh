@@ -108,6 +108,29 @@ __device__ inline T div_rn(T a, T b) {
     return __ddiv_rn(a, b);
 }
 
+/// T whose operators are the round-to-nearest operations above: no FMA contraction, so the
+/// device evaluates an expression as the host does (the AdamW element update,
+/// optim/adamw_math.hpp). On nvcc's host pass the operators are the plain ones.
+template <class T>
+struct Rn {
+  T x;
+  __host__ __device__ explicit Rn(T v) : x(v) {}
+  __host__ __device__ explicit operator T() const { return x; }
+#ifdef __CUDA_ARCH__
+  __device__ friend Rn operator+(Rn a, Rn b) { return Rn(add_rn(a.x, b.x)); }
+  __device__ friend Rn operator-(Rn a, Rn b) { return Rn(sub_rn(a.x, b.x)); }
+  __device__ friend Rn operator*(Rn a, Rn b) { return Rn(mul_rn(a.x, b.x)); }
+  __device__ friend Rn operator/(Rn a, Rn b) { return Rn(div_rn(a.x, b.x)); }
+  __device__ friend Rn sqrt(Rn a) { return Rn(sqrt_(a.x)); }
+#else
+  friend Rn operator+(Rn a, Rn b) { return Rn(a.x + b.x); }
+  friend Rn operator-(Rn a, Rn b) { return Rn(a.x - b.x); }
+  friend Rn operator*(Rn a, Rn b) { return Rn(a.x * b.x); }
+  friend Rn operator/(Rn a, Rn b) { return Rn(a.x / b.x); }
+  friend Rn sqrt(Rn a) { return Rn(std::sqrt(a.x)); }
+#endif
+};
+
 /// Sum over the 32 lanes of a warp, the same butterfly order on every lane and every run.
 template <class T>
 __device__ inline T warp_sum(T x) {

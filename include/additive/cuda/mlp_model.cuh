@@ -36,6 +36,8 @@ namespace additive::cuda {
 template <class T>
 struct CudaMlpOps {
   using backend_type = Backend<T>;
+  template <class U>
+  using rebind = CudaMlpOps<U>;
   using matrix = DeviceBuffer<T>;  // (rows, capacity), column-major
   using vector = DeviceBuffer<T>;
   static constexpr bool asynchronous = true;

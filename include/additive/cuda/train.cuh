@@ -55,6 +55,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -82,6 +83,7 @@
 #include "additive/io/checkpoint.hpp"
 #include "additive/nn/mlp.hpp"
 #include "additive/optim/adamw.hpp"
+#include "additive/optim/adamw_math.hpp"
 #include "additive/optim/schedule.hpp"
 
 namespace additive::cuda {
@@ -164,26 +166,21 @@ inline __global__ void advance_kernel(std::int64_t* counters) {
   }
 }
 
-/// additive::AdamW's element formula (no FMA contraction); the per-step scalars come
-/// from table[3 * counters[0] + {0, 1, 2}] = {step_size, sqrt_bc2, decayed}.
+/// additive::AdamW's element update (optim/adamw_math.hpp, no FMA contraction); the
+/// per-step scalars come from table[3 * counters[0] + {0, 1, 2}] = {step_size, sqrt_bc2,
+/// decayed}, the constant ones from `constants`.
 template <class T>
 __global__ void adamw_table_kernel(T* p, const T* g, T* m, T* v, Index n, const T* table,
-                                   const std::int64_t* counters, bool decay, T b1, T one_minus_b1, T b2,
-                                   T one_minus_b2, T eps) {
-  const T* s = table + 3 * counters[0];
-  const T step_size = s[0];
-  const T sqrt_bc2 = s[1];
-  const T keep = decay ? s[2] : T(1);
+                                   const std::int64_t* counters, bool decay, AdamWScalars<T> constants) {
+  const T* t = table + 3 * counters[0];
+  AdamWScalars<T> s = constants;
+  s.step_size = t[0];
+  s.sqrt_bc2 = t[1];
+  s.decayed = t[2];
+  const T keep = decay ? s.decayed : T(1);
   for (Index i = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<Index>(gridDim.x) * blockDim.x) {
-    const T gi = g[i];
-    const T mi = add_rn(mul_rn(b1, m[i]), mul_rn(one_minus_b1, gi));
-    const T vi = add_rn(mul_rn(b2, v[i]), mul_rn(mul_rn(one_minus_b2, gi), gi));
-    m[i] = mi;
-    v[i] = vi;
-    const T denom = add_rn(div_rn(sqrt_(vi), sqrt_bc2), eps);
-    p[i] = sub_rn(mul_rn(p[i], keep), mul_rn(step_size, div_rn(mi, denom)));
-  }
+       i += static_cast<Index>(gridDim.x) * blockDim.x)
+    adamw_element<Rn<T>>(p[i], g[i], m[i], v[i], s, keep);
 }
 
 /// correct[first + j] = 1 when the first largest logit of column j is labels[j] (the CPU
@@ -300,7 +297,7 @@ class Trainer {
         v_(model_->layout().total()),
         counters_(2),
         loss_(1),
-        rng_(derive_seed(train.seed, kTrainDomain, 0)) {
+        rng_(training_rng_seed(train.seed)) {
     if (train_.optimizer != "adamw")
       throw InputError(fmt::format(fmt::runtime("the CUDA trainer supports optimizer adamw only, got '{}'"),
                                    train_.optimizer));
@@ -370,6 +367,11 @@ class Trainer {
           fmt::format(fmt::runtime("{} epochs of {} steps is too many steps"), train_.epochs, per_epoch));
     per_epoch_ = per_epoch;
     total_ = per_epoch * train_.epochs;
+    if (step_ > total_)
+      throw InputError(fmt::format(
+          fmt::runtime(
+              "checkpoint '{}': metadata 'step' is {}, beyond the end of training ({} epochs of {} steps)"),
+          resumed_from_.string(), step_, train_.epochs, per_epoch));
     build_step_table();
     reserve(std::max<Index>(static_cast<Index>(std::min<std::int64_t>(train_.batch, train_data_->size())),
                             eval_batch()));
@@ -491,7 +493,7 @@ class Trainer {
     save_checkpoint(path, state);
   }
 
-  /// Restores a state written by save() or by the CPU Trainer<F, float>::save(); the
+  /// Restores a state written by save() or by the CPU Trainer<cpu::MlpModel<F, float>>::save(); the
   /// family, widths, structure and training options must be this trainer's. On error
   /// nothing changes. Call before fit().
   void resume(const std::filesystem::path& path) {
@@ -500,15 +502,11 @@ class Trainer {
     CheckpointState<T> state{&model_->layout(), p, {{"m", std::span<T>(m)}, {"v", std::span<T>(v)}}, {}};
     load_checkpoint(path, state);
     const auto& meta = state.metadata;
-    auto need = [&](const char* key) -> const std::string& {
-      const auto it = meta.find(key);
-      if (it == meta.end())
-        throw InputError("checkpoint '" + path.string() + "': missing metadata '" + key + "'");
-      return it->second;
-    };
+    const CheckpointMetadata read(path, meta);
+    auto need = [&](const char* key) -> const std::string& { return read.text(key); };
     auto mismatch = [&](const std::string& what, const std::string& file, const std::string& now) {
-      throw InputError("checkpoint '" + path.string() + "' was written for " + what + " " + file +
-                       ", this run uses " + now);
+      throw InputError("checkpoint '" + path.string() + "' was written for " + what + " " +
+                       additive::detail::printable(file, 40) + ", this run uses " + now);
     };
     const auto expected = metadata();
     for (const char* key : {"family", "model", "mask"})
@@ -517,17 +515,12 @@ class Trainer {
       mismatch("gating", g->second, "none");
     if (need("train") != expected.at("train"))
       mismatch("training options", need("train"), expected.at("train"));
-    const auto parse_u64 = [&](const char* key) {
-      try {
-        return static_cast<std::uint64_t>(std::stoull(need(key)));
-      } catch (const std::exception&) {
-        throw InputError("checkpoint '" + path.string() + "': metadata '" + key + "' is not a number");
-      }
-    };
-    const auto step = parse_u64("step");
-    const auto epoch_seed = parse_u64("epoch_seed");
-    const double loss_sum = std::stod(need("epoch_loss_sum"));
+    // The step is checked against the run's length in begin(), once the data fixes it.
+    const auto step = read.counter("step", std::uint64_t{1} << 53);
+    const auto epoch_seed = read.counter("epoch_seed");
+    const double loss_sum = read.number("epoch_loss_sum", 0, std::numeric_limits<double>::max());
     auto rng = rng_from_string(need("rng"));
+    additive::detail::check_optimizer_state<T>(read, state.optimizer_state);
     // Everything parsed: commit.
     params_.upload(p, stream());
     m_.upload(std::span<const T>(m.data(), m.size()), stream());
@@ -537,10 +530,10 @@ class Trainer {
     epoch_loss_sum_ = loss_sum;
     rng_ = rng;
     epoch_open_ = false;
+    resumed_from_ = path;
   }
 
  private:
-  static constexpr std::uint64_t kTrainDomain = 0x747261696EULL;  // "train", as additive::Trainer
 
   struct Run {
     std::size_t offset = 0;
@@ -600,13 +593,11 @@ class Trainer {
     const AdamWConfig c{.weight_decay = train_.weight_decay};
     std::vector<T> table(static_cast<std::size_t>(3 * total_));
     for (std::int64_t s = 0; s < total_; ++s) {
-      const double t = static_cast<double>(s + 1);
       const double lr_d = static_cast<double>(static_cast<T>(schedule.lr(s)));
-      const double bc1 = 1.0 - std::pow(c.beta1, t);
-      const double bc2 = 1.0 - std::pow(c.beta2, t);
-      table[static_cast<std::size_t>(3 * s)] = static_cast<T>(lr_d / bc1);
-      table[static_cast<std::size_t>(3 * s + 1)] = static_cast<T>(std::sqrt(bc2));
-      table[static_cast<std::size_t>(3 * s + 2)] = static_cast<T>(1.0 - lr_d * c.weight_decay);
+      const auto scalars = AdamWScalars<T>::make(c, s + 1, lr_d);
+      table[static_cast<std::size_t>(3 * s)] = scalars.step_size;
+      table[static_cast<std::size_t>(3 * s + 1)] = scalars.sqrt_bc2;
+      table[static_cast<std::size_t>(3 * s + 2)] = scalars.decayed;
     }
     step_table_ = to_device(std::span<const T>(table.data(), table.size()), stream());
     adamw_ = c;
@@ -720,9 +711,7 @@ class Trainer {
       const auto n = static_cast<Index>(r.size);
       detail::adamw_table_kernel<T><<<detail::blocks_for(n), detail::threads_per_block, 0, st>>>(
           params_.data() + r.offset, grads_.data() + r.offset, m_.data() + r.offset, v_.data() + r.offset, n,
-          step_table_.data(), counters_.data(), r.decay, static_cast<T>(adamw_.beta1),
-          static_cast<T>(1.0 - adamw_.beta1), static_cast<T>(adamw_.beta2),
-          static_cast<T>(1.0 - adamw_.beta2), static_cast<T>(adamw_.eps));
+          step_table_.data(), counters_.data(), r.decay, AdamWScalars<T>::make(adamw_, 1, 0.0));
       ADDITIVE_CUDA_CHECK_LAUNCH();
     }
     detail::advance_kernel<<<1, 1, 0, st>>>(counters_.data());
@@ -782,6 +771,7 @@ class Trainer {
   double epoch_loss_sum_ = 0;
   bool epoch_open_ = false;
   bool done_ = false;
+  std::filesystem::path resumed_from_{};  // the checkpoint resume() read (for begin()'s checks)
 };
 
 /// One run of a ConcurrentTrainer: a structure and its training options (seed, epochs...).

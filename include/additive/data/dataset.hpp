@@ -19,6 +19,7 @@
 #include <Eigen/Core>
 
 #include "additive/core/error.hpp"
+#include "additive/core/seed.hpp"
 #include "additive/data/idx.hpp"
 
 namespace additive {
@@ -238,32 +239,6 @@ void gather_batch(const D& data, std::span<const std::int64_t> positions,
 //
 //     derive_seed(seed, domain, k) = splitmix64(splitmix64(splitmix64(seed) ^ domain) ^ k)
 
-/// SplitMix64's output function (Steele, Lea, Flood 2014): a bijective 64-bit mixer.
-constexpr std::uint64_t splitmix64(std::uint64_t x) noexcept {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
-
-inline constexpr std::uint64_t kShuffleDomain = 0x73687566666C6500ULL;  // "shuffle"
-inline constexpr std::uint64_t kSplitDomain = 0x76616C73706C6974ULL;    // "valsplit"
-
-constexpr std::uint64_t derive_seed(std::uint64_t seed, std::uint64_t domain, std::uint64_t k) noexcept {
-  return splitmix64(splitmix64(splitmix64(seed) ^ domain) ^ k);
-}
-
-/// A uniform integer in `[0, bound)`, `bound >= 1`, without bias: draws below
-/// `2^64 mod bound` are rejected, so every residue is hit by the same number of draws.
-inline std::uint64_t bounded_rand(std::mt19937_64& gen, std::uint64_t bound) {
-  if (bound == 0) throw RuntimeError("bounded_rand: bound must be >= 1");
-  const std::uint64_t threshold = (0 - bound) % bound;  // 2^64 mod bound
-  for (;;) {
-    const std::uint64_t r = gen();
-    if (r >= threshold) return r % bound;
-  }
-}
-
 /// Fisher-Yates (Durstenfeld): position i (from the last down) swaps with a uniform
 /// position in [0, i]; every permutation is equally likely.
 template <class V>
@@ -281,7 +256,7 @@ inline std::vector<std::int64_t> epoch_order(std::int64_t n, std::uint64_t seed,
   if (n < 0) throw RuntimeError("epoch_order: negative size " + std::to_string(n));
   std::vector<std::int64_t> order(static_cast<std::size_t>(n));
   std::iota(order.begin(), order.end(), std::int64_t{0});
-  std::mt19937_64 gen(derive_seed(seed, kShuffleDomain, static_cast<std::uint64_t>(epoch)));
+  std::mt19937_64 gen(derive_seed(seed, seed_domain::shuffle, static_cast<std::uint64_t>(epoch)));
   fisher_yates(std::span<std::int64_t>(order), gen);
   return order;
 }
@@ -296,7 +271,7 @@ inline std::pair<std::vector<std::int64_t>, std::vector<std::int64_t>> split_val
                      " is out of range for a training set of " + std::to_string(data.count) + " samples");
   std::vector<std::int64_t> order(static_cast<std::size_t>(data.count));
   std::iota(order.begin(), order.end(), std::int64_t{0});
-  std::mt19937_64 gen(derive_seed(seed, kSplitDomain, static_cast<std::uint64_t>(data.count)));
+  std::mt19937_64 gen(derive_seed(seed, seed_domain::split, static_cast<std::uint64_t>(data.count)));
   fisher_yates(std::span<std::int64_t>(order), gen);
   const auto cut = order.begin() + static_cast<std::ptrdiff_t>(val_count);
   std::vector<std::int64_t> val(order.begin(), cut);

@@ -9,9 +9,12 @@
 #include <array>
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <initializer_list>
+#include <limits>
+#include <memory>
 #include <span>
 #include <string>
 #include <system_error>
@@ -36,6 +39,9 @@ inline constexpr std::uint32_t kIdxImagesMagic = 0x00000803;
 inline constexpr std::uint32_t kIdxLabelsMagic = 0x00000801;
 /// Largest image accepted (pixels per image). Anything bigger is a corrupt header.
 inline constexpr std::int64_t kIdxMaxImagePixels = std::int64_t{1} << 20;
+/// Most data bytes (pixels, labels) a file may claim by default: 4 GiB. A header that
+/// claims more is refused before anything is allocated (the readers take another limit).
+inline constexpr std::uint64_t kIdxMaxDataBytes = std::uint64_t{1} << 32;
 
 namespace detail {
 
@@ -46,7 +52,12 @@ inline std::string hex32(std::uint32_t v) {
   return s;
 }
 
-/// An open gzFile for reading; `gzread` also reads uncompressed files transparently.
+/// A regular file opened for reading, gzip-compressed (it starts with the gzip magic
+/// 1f 8b) or raw. Gzip streams are inflated here rather than through gzread, which
+/// silently ignores what follows the end of the stream: a gzip stream may be followed
+/// only by further gzip members (concatenated streams, as gzip -c a b writes), anything
+/// else is refused. Nothing is allocated beyond fixed buffers; what a read returns
+/// is the caller's.
 class IdxReader {
  public:
   explicit IdxReader(const std::filesystem::path& path) : name_(path.string()) {
@@ -55,22 +66,58 @@ class IdxReader {
     if (ec && ec != std::errc::no_such_file_or_directory) fail("cannot access: " + ec.message());
     if (!std::filesystem::exists(st)) fail("file not found");
     if (std::filesystem::is_directory(st)) fail("is a directory, expected an IDX file");
+    if (!std::filesystem::is_regular_file(st))
+      fail("is not a regular file (a pipe or a device), expected an IDX file");
+    file_size_ = std::filesystem::file_size(path, ec);
+    if (ec) fail("cannot determine its size: " + ec.message());
     errno = 0;
-    file_ = gzopen(name_.c_str(), "rb");
+    file_.reset(std::fopen(name_.c_str(), "rb"));
     if (file_ == nullptr)
-      fail(std::string("cannot open: ") + (errno != 0 ? std::strerror(errno) : "out of memory"));
-    gzbuffer(file_, 1U << 17);
+      fail(std::string("cannot open: ") + (errno != 0 ? std::strerror(errno) : "unknown error"));
+    in_.resize(std::size_t{1} << 17);
+    gzip_ = ensure(2) && in_[in_pos_] == 0x1f && in_[in_pos_ + 1] == 0x8b;
+    if (gzip_) {
+      if (inflateInit2(&zs_, 15 + 16 /* gzip only */) != Z_OK)
+        throw RuntimeError(name_ + ": cannot start gzip decompression");
+      inflating_ = true;
+    }
   }
   IdxReader(const IdxReader&) = delete;
   IdxReader& operator=(const IdxReader&) = delete;
   ~IdxReader() {
-    if (file_ != nullptr) gzclose(file_);
+    if (inflating_) inflateEnd(&zs_);
   }
 
   [[noreturn]] void fail(const std::string& what) const { throw InputError(name_ + ": " + what); }
 
-  /// Reads `n` bytes without trusting `n` with one huge allocation: a header that claims
-  /// more data than the file holds fails as truncated instead of exhausting memory.
+  /// Refuses a header's claim of `n` data bytes (`what`: "pixel data of 5 images") before
+  /// anything is allocated for them: more than the rest of a raw file holds, or than a
+  /// gzip file of this size can inflate to (deflate gives at most 1032 bytes per input
+  /// byte), is a truncated file; more than `max_bytes` is refused as too large.
+  void check_claim(std::uint64_t n, std::uint64_t header_bytes, const std::string& what,
+                   std::uint64_t max_bytes) const {
+    if (!gzip_) {
+      const std::uint64_t rest = file_size_ > header_bytes ? file_size_ - header_bytes : 0;
+      if (n > rest)
+        fail("truncated: the file ends inside the " + what + " (" + std::to_string(rest) + " of " +
+             std::to_string(n) + " bytes)");
+    } else {
+      constexpr std::uint64_t ratio = 1032;
+      const std::uint64_t most = file_size_ > (std::numeric_limits<std::uint64_t>::max() - 4096) / ratio
+                                     ? std::numeric_limits<std::uint64_t>::max()
+                                     : file_size_ * ratio + 4096;
+      if (n + header_bytes > most)
+        fail("truncated: the header claims " + std::to_string(n) + " bytes of " + what + ", more than a " +
+             std::to_string(file_size_) + "-byte gzip file can hold");
+    }
+    if (n > max_bytes)
+      fail("the header claims " + std::to_string(n) + " bytes of " + what + ", more than the limit of " +
+           std::to_string(max_bytes) + " bytes");
+  }
+
+  /// Reads `n` bytes without trusting `n` with one huge allocation: the vector grows only
+  /// as the data arrives, so a header that claims more than the file holds fails as
+  /// truncated instead of exhausting memory.
   std::vector<std::uint8_t> read_vector(std::uint64_t n, const std::string& what) {
     constexpr std::uint64_t kReserveCap = std::uint64_t{1} << 28;
     constexpr std::uint64_t kStep = std::uint64_t{1} << 24;
@@ -93,60 +140,159 @@ class IdxReader {
            std::uint32_t{b[3]};
   }
 
-  /// After the last expected byte: no trailing bytes, a complete gzip stream, a clean close.
+  /// After the last expected byte: no trailing bytes, a complete gzip stream and nothing
+  /// after it. Trailing inflated bytes are counted up to 1 MiB only: a gzip bomb behind a
+  /// valid file is refused without inflating it.
   void finish(const std::string& after_what) {
-    std::array<std::uint8_t, 4096> scratch{};
+    constexpr std::uint64_t kCountCap = std::uint64_t{1} << 20;
     std::uint64_t extra = 0;
-    for (;;) {
-      const int got = gzread(file_, scratch.data(), static_cast<unsigned>(scratch.size()));
-      if (got < 0) fail_gz("after " + after_what);
-      if (got == 0) break;
-      extra += static_cast<std::uint64_t>(got);
+    if (!gzip_) {
+      extra = buffered() + (file_size_ > file_read_ ? file_size_ - file_read_ : 0);
+    } else {
+      std::array<std::uint8_t, 4096> scratch{};
+      for (;;) {
+        const std::size_t got = read(scratch.data(), scratch.size());
+        extra += got;
+        if (got < scratch.size()) break;
+        if (extra >= kCountCap) {
+          fail("more than " + std::to_string(kCountCap) + " trailing bytes after " + after_what);
+        }
+      }
     }
     if (extra > 0) fail(std::to_string(extra) + " trailing bytes after " + after_what);
-    int errnum = Z_OK;
-    gzerror(file_, &errnum);
-    if (errnum == Z_BUF_ERROR) fail("truncated gzip stream (it ends before its trailer) after " + after_what);
-    if (errnum != Z_OK) fail_gz("after " + after_what);
-    const int rc = gzclose(file_);
-    file_ = nullptr;
-    if (rc == Z_BUF_ERROR) fail("truncated gzip stream (it ends before its trailer) after " + after_what);
-    if (rc != Z_OK) fail("error closing the file (zlib code " + std::to_string(rc) + ")");
+    switch (end_) {
+      case End::truncated:
+        fail("truncated gzip stream (it ends before its trailer) after " + after_what);
+      case End::corrupt:
+        fail("corrupt gzip data after " + after_what + ": " + zlib_message_);
+      case End::garbage:
+        fail(std::to_string(garbage_) + " bytes after the end of the gzip stream are not gzip data (after " +
+             after_what + ")");
+      default:
+        break;
+    }
+    if (std::fclose(file_.release()) != 0) fail("error closing the file");
   }
 
  private:
+  /// Why a read stopped short: the end of the data, a gzip stream cut off, corrupt gzip
+  /// data, or bytes that are not gzip data after the end of the stream.
+  enum class End : std::uint8_t { none, clean, truncated, corrupt, garbage };
+
+  [[nodiscard]] std::uint64_t buffered() const noexcept { return in_len_ - in_pos_; }
+
+  /// At least `k` unread bytes in the buffer, unless the file ends first (false).
+  bool ensure(std::size_t k) {
+    if (buffered() >= k) return true;
+    std::memmove(in_.data(), in_.data() + in_pos_, buffered());
+    in_len_ -= in_pos_;
+    in_pos_ = 0;
+    while (in_len_ < k) {
+      errno = 0;
+      const std::size_t got = std::fread(in_.data() + in_len_, 1, in_.size() - in_len_, file_.get());
+      if (got == 0) {
+        if (std::ferror(file_.get()) != 0)
+          fail(std::string("read error: ") + (errno != 0 ? std::strerror(errno) : "unknown error"));
+        return false;
+      }
+      in_len_ += got;
+      file_read_ += got;
+    }
+    return true;
+  }
+
+  /// Reads up to `n` bytes into `out`; fewer only when the data ends (end_ says why).
+  std::size_t read(std::uint8_t* out, std::size_t n) {
+    std::size_t produced = 0;
+    if (!gzip_) {
+      while (produced < n) {
+        if (!ensure(1)) {
+          end_ = End::clean;
+          break;
+        }
+        const std::size_t take = std::min<std::size_t>(n - produced, buffered());
+        std::memcpy(out + produced, in_.data() + in_pos_, take);
+        in_pos_ += take;
+        produced += take;
+      }
+      return produced;
+    }
+    while (produced < n && end_ == End::none) {
+      if (member_done_) {  // what follows a gzip member: nothing, another member, or garbage
+        if (!ensure(1)) {
+          end_ = End::clean;
+          break;
+        }
+        if (ensure(2) && in_[in_pos_] == 0x1f && in_[in_pos_ + 1] == 0x8b) {
+          inflateReset(&zs_);
+          member_done_ = false;
+          continue;
+        }
+        garbage_ = buffered() + (file_size_ > file_read_ ? file_size_ - file_read_ : 0);
+        end_ = End::garbage;
+        break;
+      }
+      if (!ensure(1)) {
+        end_ = End::truncated;
+        break;
+      }
+      zs_.next_in = in_.data() + in_pos_;
+      zs_.avail_in = static_cast<uInt>(buffered());
+      zs_.next_out = out + produced;
+      const std::size_t want = std::min<std::size_t>(n - produced, std::size_t{1} << 30);
+      zs_.avail_out = static_cast<uInt>(want);
+      const int rc = inflate(&zs_, Z_NO_FLUSH);
+      in_pos_ = static_cast<std::size_t>(zs_.next_in - in_.data());
+      produced += want - zs_.avail_out;
+      if (rc == Z_STREAM_END) {
+        member_done_ = true;
+      } else if (rc != Z_OK && !(rc == Z_BUF_ERROR && zs_.avail_in == 0)) {
+        zlib_message_ = zs_.msg != nullptr ? zs_.msg : "zlib error " + std::to_string(rc);
+        end_ = End::corrupt;
+      }
+    }
+    return produced;
+  }
+
   /// Reads bytes `[offset, offset + n)` of a part of `total` bytes into `out`.
   void read_part(std::uint8_t* out, std::uint64_t offset, std::uint64_t n, std::uint64_t total,
                  const std::string& what) {
-    constexpr std::uint64_t kChunk = std::uint64_t{1} << 20;
-    for (std::uint64_t done = 0; done < n;) {
-      const auto want = static_cast<unsigned>(std::min(n - done, kChunk));
-      const int got = gzread(file_, out + done, want);
-      if (got > 0) done += static_cast<std::uint64_t>(got);
-      if (got < 0 || static_cast<unsigned>(got) < want) fail_stream(what, offset + done, total);
-    }
-  }
-
-  [[noreturn]] void fail_gz(const std::string& where) const {
-    int errnum = Z_OK;
-    const char* msg = gzerror(file_, &errnum);
-    if (errnum == Z_ERRNO) fail("read error " + where + ": " + std::strerror(errno));
-    fail("corrupt gzip data " + where + ": " + (msg != nullptr ? msg : "unknown zlib error"));
+    const std::size_t got = read(out, static_cast<std::size_t>(n));
+    if (got < n) fail_stream(what, offset + got, total);
   }
 
   [[noreturn]] void fail_stream(const std::string& what, std::uint64_t got, std::uint64_t want) const {
-    int errnum = Z_OK;
-    const char* msg = gzerror(file_, &errnum);
     const std::string counts = what + " (" + std::to_string(got) + " of " + std::to_string(want) + " bytes)";
-    if (errnum == Z_BUF_ERROR) fail("truncated gzip stream: it ends inside the " + counts);
-    if (errnum == Z_ERRNO) fail("read error in the " + counts + ": " + std::strerror(errno));
-    if (errnum != Z_OK)
-      fail("corrupt gzip data in the " + counts + ": " + (msg != nullptr ? msg : "unknown"));
-    fail("truncated: the file ends inside the " + counts);
+    switch (end_) {
+      case End::truncated:
+        fail("truncated gzip stream: it ends inside the " + counts);
+      case End::corrupt:
+        fail("corrupt gzip data in the " + counts + ": " + zlib_message_);
+      case End::garbage:
+        fail("truncated: the gzip stream ends inside the " + counts + ", followed by " +
+             std::to_string(garbage_) + " bytes that are not gzip data");
+      default:
+        fail("truncated: the file ends inside the " + counts);
+    }
   }
 
+  struct Close {
+    void operator()(std::FILE* f) const noexcept { std::fclose(f); }
+  };
+
   std::string name_;
-  gzFile file_ = nullptr;
+  std::unique_ptr<std::FILE, Close> file_;
+  std::uint64_t file_size_ = 0;
+  std::uint64_t file_read_ = 0;  // bytes read from the file into in_ so far
+  std::vector<std::uint8_t> in_;
+  std::size_t in_pos_ = 0, in_len_ = 0;
+  bool gzip_ = false;
+  z_stream zs_{};
+  bool inflating_ = false;  // zs_ holds inflate state (inflateEnd it)
+  bool member_done_ = false;
+  End end_ = End::none;
+  std::uint64_t garbage_ = 0;
+  std::string zlib_message_;
 };
 
 inline void check_magic(IdxReader& in, std::uint32_t expected, std::uint64_t header_bytes, const char* kind) {
@@ -217,34 +363,48 @@ inline std::uint32_t idx_dim(std::int64_t v, const std::string& path, const char
 }  // namespace detail
 
 /// Reads an IDX file of images (magic 0x00000803). Strict: the header must be sane
-/// (count, rows, cols > 0 and rows * cols <= 2^20) and the file must hold exactly
-/// `count * rows * cols` pixel bytes, no fewer (truncation) and no more (trailing bytes).
-inline IdxImages read_idx_images(const std::filesystem::path& path) {
+/// (count, rows, cols > 0, rows * cols <= 2^20, count * rows * cols <= `max_bytes` and
+/// no more than the file can hold) and the file must hold exactly `count * rows * cols`
+/// pixel bytes, no fewer (truncation) and no more (trailing bytes, or anything after the
+/// gzip stream).
+inline IdxImages read_idx_images(const std::filesystem::path& path,
+                                 std::uint64_t max_bytes = kIdxMaxDataBytes) {
   detail::IdxReader in(path);
   detail::check_magic(in, kIdxImagesMagic, 16, "images");
-  IdxImages out;
-  out.count = in.read_header_word(4, 16);
-  out.rows = in.read_header_word(8, 16);
-  out.cols = in.read_header_word(12, 16);
-  if (out.count == 0 || out.rows == 0 || out.cols == 0)
-    in.fail("zero dimension in the header: " + std::to_string(out.count) + " images of " +
-            std::to_string(out.rows) + " x " + std::to_string(out.cols) + " pixels");
-  if (out.rows * out.cols > kIdxMaxImagePixels)
-    in.fail("implausible image size " + std::to_string(out.rows) + " x " + std::to_string(out.cols) +
+  const std::uint32_t count = in.read_header_word(4, 16);
+  const std::uint32_t rows = in.read_header_word(8, 16);
+  const std::uint32_t cols = in.read_header_word(12, 16);
+  if (count == 0 || rows == 0 || cols == 0)
+    in.fail("zero dimension in the header: " + std::to_string(count) + " images of " + std::to_string(rows) +
+            " x " + std::to_string(cols) + " pixels");
+  // Each factor is below 2^32: the products below fit in 64 bits, unsigned.
+  const std::uint64_t pixels = std::uint64_t{rows} * cols;
+  if (pixels > static_cast<std::uint64_t>(kIdxMaxImagePixels))
+    in.fail("implausible image size " + std::to_string(rows) + " x " + std::to_string(cols) +
             " in the header (more than 2^20 pixels)");
-  const auto bytes = static_cast<std::uint64_t>(out.count * out.rows * out.cols);
-  out.pixels = in.read_vector(bytes, "pixel data of " + std::to_string(out.count) + " images");
-  in.finish(std::to_string(out.count) + " images");
+  const std::uint64_t bytes = std::uint64_t{count} * pixels;  // < 2^52
+  const std::string what = "pixel data of " + std::to_string(count) + " images";
+  in.check_claim(bytes, 16, what, max_bytes);
+  IdxImages out;
+  out.count = count;
+  out.rows = rows;
+  out.cols = cols;
+  out.pixels = in.read_vector(bytes, what);
+  in.finish(std::to_string(count) + " images");
   return out;
 }
 
-/// Reads an IDX file of labels (magic 0x00000801): exactly `count > 0` bytes.
-inline std::vector<std::uint8_t> read_idx_labels(const std::filesystem::path& path) {
+/// Reads an IDX file of labels (magic 0x00000801): exactly `count > 0` bytes, at most
+/// `max_bytes`.
+inline std::vector<std::uint8_t> read_idx_labels(const std::filesystem::path& path,
+                                                 std::uint64_t max_bytes = kIdxMaxDataBytes) {
   detail::IdxReader in(path);
   detail::check_magic(in, kIdxLabelsMagic, 8, "labels");
   const std::uint32_t count = in.read_header_word(4, 8);
   if (count == 0) in.fail("zero dimension in the header: 0 labels");
-  auto labels = in.read_vector(count, "label data of " + std::to_string(count) + " labels");
+  const std::string what = "label data of " + std::to_string(count) + " labels";
+  in.check_claim(count, 8, what, max_bytes);
+  auto labels = in.read_vector(count, what);
   in.finish(std::to_string(count) + " labels");
   return labels;
 }
@@ -258,7 +418,7 @@ inline void write_idx_images(const std::filesystem::path& path, const IdxImages&
   const std::uint32_t count = detail::idx_dim(images.count, name, "image count");
   const std::uint32_t rows = detail::idx_dim(images.rows, name, "rows");
   const std::uint32_t cols = detail::idx_dim(images.cols, name, "cols");
-  if (images.rows * images.cols > kIdxMaxImagePixels)
+  if (std::uint64_t{rows} * cols > static_cast<std::uint64_t>(kIdxMaxImagePixels))
     throw RuntimeError(name + ": cannot write images of more than 2^20 pixels");
   if (images.pixels.size() != static_cast<std::size_t>(images.count * images.rows * images.cols))
     throw RuntimeError(name + ": cannot write " + std::to_string(images.pixels.size()) + " pixels as " +

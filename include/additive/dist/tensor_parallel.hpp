@@ -43,9 +43,10 @@ inline MlpConfig shard_config(const MlpConfig& c, int shards) {
   return s;
 }
 
-/// Whether a tensor of the MLP layout is split over the shards (else it is replicated).
-inline bool is_sharded_tensor(const std::string& name) {
-  return name.ends_with("up.weight") || name.ends_with("up.bias") || name.ends_with("down.weight");
+/// Whether tensor i of the MLP layout is split over the shards (else it is replicated):
+/// read from the layout's shard axes, the same tensors in the full and the local layout.
+inline bool is_sharded_tensor(const MlpConfig& c, int blocks, int shards, std::size_t i) {
+  return mlp_layout(c, blocks, shards).tensors().at(i).shard.sharded();
 }
 
 namespace detail {
@@ -56,20 +57,23 @@ template <class Copy>
 void for_each_shard_run(const MlpConfig& c, int blocks, int shards, int j, bool replicated, Copy&& copy) {
   if (j < 0 || j >= shards)
     throw InputError("shard " + std::to_string(j) + " is not in [0, " + std::to_string(shards) + ")");
-  const ParamLayout full = mlp_layout(c, blocks);
+  const ParamLayout full = mlp_layout(c, blocks, shards);
   const ParamLayout local = mlp_layout(shard_config(c, shards), blocks);
-  const auto hs = static_cast<std::size_t>(c.h / shards);
-  const auto d = static_cast<std::size_t>(c.d), h = static_cast<std::size_t>(c.h);
   const auto ju = static_cast<std::size_t>(j);
   for (std::size_t t = 0; t < full.tensors().size(); ++t) {
     const TensorSpec& f = full.tensors()[t];
     const TensorSpec& l = local.tensors()[t];
-    if (f.name.ends_with("up.weight")) {  // (h, d) row-major: rows [j hs, (j+1) hs)
-      copy(f.offset + ju * hs * d, l.offset, hs * d);
-    } else if (f.name.ends_with("up.bias")) {  // (h)
-      copy(f.offset + ju * hs, l.offset, hs);
-    } else if (f.name.ends_with("down.weight")) {  // (d, h) row-major: columns [j hs, (j+1) hs)
-      for (std::size_t r = 0; r < d; ++r) copy(f.offset + r * h + ju * hs, l.offset + r * hs, hs);
+    if (f.shard.sharded()) {
+      // Row-major: shard j of axis a is, for each index of the axes before a (outer), one
+      // contiguous run of (extent / S) * inner elements, where inner is the product of the
+      // axes after a. (up.weight (h, d): one run of hs * d; down.weight (d, h): d runs of hs.)
+      const auto a = static_cast<std::size_t>(f.shard.axis);
+      std::size_t outer = 1, inner = 1;
+      for (std::size_t k = 0; k < a; ++k) outer *= static_cast<std::size_t>(f.shape[k]);
+      for (std::size_t k = a + 1; k < f.shape.size(); ++k) inner *= static_cast<std::size_t>(f.shape[k]);
+      const auto extent = static_cast<std::size_t>(f.shape[a]);
+      const std::size_t run = extent / static_cast<std::size_t>(shards) * inner;
+      for (std::size_t o = 0; o < outer; ++o) copy(f.offset + o * extent * inner + ju * run, l.offset + o * run, run);
     } else if (replicated) {
       copy(f.offset, l.offset, f.size);
     }
@@ -169,8 +173,9 @@ class TensorParallelMlp {
     nlohmann::json desc = config;
     check_consistent(comm, "tensor-parallel MLP",
                      F::describe() + " " + desc.dump() + " element bytes " + std::to_string(sizeof(T)));
-    for (const auto& t : layout_.tensors())
-      if (!is_sharded_tensor(t.name)) {
+    const ParamLayout full = mlp_layout(config, L, S);  // the same tensors, with their shard axes
+    for (std::size_t i = 0; i < layout_.tensors().size(); ++i)
+      if (const auto& t = layout_.tensors()[i]; !full.tensors()[i].shard.sharded()) {
         replicated_.push_back({t.offset, t.size});
         replicated_total_ += t.size;
       }

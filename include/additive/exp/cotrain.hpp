@@ -204,16 +204,21 @@ class OrderedWorker {
 
 }  // namespace detail
 
-/// Co-trains one structure per rank of `Comm` on shared, replicated weights.
-template <Family F, class T, Communicator Comm>
+/// Co-trains one structure per rank of `Comm` on shared, replicated weights of model M
+/// (for example cpu::MlpModel<F, float>).
+template <HostModel M, Communicator Comm>
 class CoTrainer {
  public:
-  using mask_type = typename F::mask_type;
+  using model_type = M;
+  using family = typename M::family;
+  using T = typename M::scalar_type;
+  using mask_type = typename M::mask_type;
+  using config_type = typename M::config_type;
 
   /// Collective: checks that every rank has the same family, model, training and
   /// co-training options (CommError naming the ranks otherwise; the masks may differ),
   /// then initialises the parameters from `train.seed` exactly as Trainer does.
-  CoTrainer(Comm& comm, const MlpConfig& model_config, mask_type mask, const TrainOptions& train,
+  CoTrainer(Comm& comm, const config_type& model_config, mask_type mask, const TrainOptions& train,
             const CoTrainOptions& co = {}, int threads = 1)
       : comm_(&comm),
         model_config_(model_config),
@@ -225,14 +230,14 @@ class CoTrainer {
         params_(model_.layout().total()),
         grads_(model_.layout().total()),
         optimizer_(make_optimizer(model_.layout(), train)),
-        rng_(derive_seed(train.seed, kTrainDomain, 0)) {
+        rng_(training_rng_seed(train.seed)) {
     dist::check_consistent(*comm_, "co-training setup", setup_description());
-    static_assert(F::gates <= 53, "masks travel as doubles: at most 53 gates");
+    static_assert(family::gates <= 53, "masks travel as doubles: at most 53 gates");
     const double own = static_cast<double>(mask.bits());
     for (const auto& m : dist::all_gather(*comm_, std::span<const double>(&own, 1)))
       masks_.push_back(static_cast<std::uint64_t>(m.front()));
-    init_mlp_params<T>(model_config_, F::blocks, training_init_seed(train.seed), params_);
-    buckets_ = gradient_buckets(model_.layout());
+    M::init_params(model_config_, training_init_seed(train.seed), params_);
+    buckets_ = model_.ready_ranges();
     if (co_.overlap && co_.local_steps == 0 && dist::hands_over_threads<Comm>) worker_.emplace();
     if (co_.local_steps > 0) {
       anchor_.assign(params_.begin(), params_.end());
@@ -301,8 +306,10 @@ class CoTrainer {
       data.gather(mine, x_, y_);
       loss = model_.forward(mask_, params_, MatView<const T>(x_.data(), x_.rows(), x_.cols()), y_);
       if (!std::isfinite(static_cast<double>(loss)))
-        throw InputError(fmt::format("co-training diverged: loss is {} at step {} on rank {} (lower --lr?)",
-                                     double(loss), step_, comm_->rank()));
+        throw InputError(fmt::format(
+            "co-training diverged: loss is {} at step {} on rank {} ({})", double(loss), step_, comm_->rank(),
+            resumed_from_.empty() ? std::string("lower --lr?")
+                                  : fmt::format("resumed from checkpoint '{}'", resumed_from_.string())));
       if (sync && worker_) {
         try {
           model_.backward(params_, grads_, ready);
@@ -369,7 +376,7 @@ class CoTrainer {
   /// Mean loss and accuracy of this rank's structure on `data` (local, no communication).
   EvalResult evaluate(const DatasetView& data, std::int64_t eval_batch = 1000) const {
     if (data.size() == 0) return {};
-    const auto r = evaluate_structures<F, T>(
+    const auto r = evaluate_structures<M>(
         model_config_, std::span<const T>(params_), data, {mask_.bits()},
         EvalAllOptions{.threads = threads_, .chunk = eval_batch, .method = EvalMethod::naive});
     return EvalResult{.loss = r[0].loss, .accuracy = r[0].accuracy, .samples = data.size()};
@@ -391,6 +398,10 @@ class CoTrainer {
     const std::int64_t per_epoch = (train.size() + train_.batch - 1) / train_.batch;
     const std::int64_t total = per_epoch * train_.epochs;
     per_epoch_ = per_epoch;
+    if (step_ > total)
+      throw InputError(fmt::format(
+          "checkpoint '{}': metadata 'step' is {}, beyond the end of training ({} epochs of {} steps)",
+          resumed_from_.string(), step_, train_.epochs, per_epoch));
     const WarmupCosine schedule{train_.lr,
                                 static_cast<std::int64_t>(std::floor(train_.warmup * double(total))), total,
                                 train_.min_lr};
@@ -443,7 +454,7 @@ class CoTrainer {
   /// and co-training options, and the structure of every rank.
   [[nodiscard]] nlohmann::json settings() const {
     return {{"format", "additive-cotrain-1"},
-            {"family", F::describe()},
+            {"family", family::describe()},
             {"scalar_bytes", sizeof(T)},
             {"model", model_config_},
             {"train", train_},
@@ -530,6 +541,7 @@ class CoTrainer {
           state.optimizer_state.emplace_back(buffers[i].first, std::span<T>(buffers[i].second));
         load_checkpoint(path, state);
         scalars = parse_checkpoint_metadata(path, state.metadata, p);
+        detail::check_optimizer_state<T>(CheckpointMetadata(path, state.metadata), state.optimizer_state);
         rng_text = state.metadata.at("rng");
       } catch (...) {
         failure = std::current_exception();
@@ -573,10 +585,9 @@ class CoTrainer {
     stats_.checksums = static_cast<std::int64_t>(scalars[7]);
     stats_.checksum_bytes = static_cast<std::int64_t>(scalars[8]);
     stats_.seconds = scalars[9];
+    resumed_from_ = path;
   }
-
  private:
-  static constexpr std::uint64_t kTrainDomain = 0x747261696EULL;  // "train", as Trainer
 
   using AnyOptimizer = std::variant<AdamW<T>, Sgd<T>>;
 
@@ -590,7 +601,7 @@ class CoTrainer {
   /// What must agree between the ranks (not the mask).
   std::string setup_description() const {
     std::string s = fmt::format("family {} | scalar {} bytes | model {} | train {} | co {} | layout",
-                                F::describe(), sizeof(T), nlohmann::json(model_config_).dump(),
+                                family::describe(), sizeof(T), nlohmann::json(model_config_).dump(),
                                 nlohmann::json(train_).dump(), nlohmann::json(co_).dump());
     for (const TensorSpec& t : model_.layout().tensors()) {
       s += fmt::format(" {}[", t.name);
@@ -618,25 +629,15 @@ class CoTrainer {
   std::vector<double> parse_checkpoint_metadata(const std::filesystem::path& path,
                                                 const std::map<std::string, std::string>& meta, int p) const {
     const auto where = fmt::format("checkpoint '{}'", path.string());
-    auto need = [&](const char* key) -> const std::string& {
-      const auto it = meta.find(key);
-      if (it == meta.end()) throw InputError(fmt::format("{}: missing metadata '{}'", where, key));
-      return it->second;
-    };
-    auto json = [&](const char* key) {
-      try {
-        return nlohmann::json::parse(need(key));
-      } catch (const nlohmann::json::exception&) {
-        throw InputError(fmt::format("{}: metadata '{}' is not JSON", where, key));
-      }
-    };
-    const auto there = json("settings");
+    const CheckpointMetadata read(path, meta);
+    const auto there = read.json("settings");
     const auto now = settings();
     if (there != now) {
       std::string diff;
       auto add = [&](const std::string& field, const nlohmann::json* a, const nlohmann::json& b) {
-        diff += fmt::format("{}{} {} there, {} now", diff.empty() ? "" : "; ", field,
-                            a != nullptr ? a->dump() : "missing", b.dump());
+        diff += fmt::format("{}{} {} there, {} now", diff.empty() ? "" : "; ",
+                            detail::printable(field, echo_limit), a != nullptr ? json_echo(*a) : "missing",
+                            json_echo(b));
       };
       for (const auto& [key, value] : now.items()) {
         const nlohmann::json* old = there.is_object() && there.contains(key) ? &there.at(key) : nullptr;
@@ -652,45 +653,34 @@ class CoTrainer {
       throw InputError(fmt::format("cannot resume: {} was written with other co-training settings ({})",
                                    where, diff.empty() ? "extra fields there" : diff));
     }
-    auto count = [&](const char* key) {
-      try {
-        std::size_t used = 0;
-        const auto v = std::stoull(need(key), &used);
-        if (used != need(key).size()) throw std::invalid_argument(key);
-        return v;
-      } catch (const std::exception&) {
-        throw InputError(fmt::format("{}: metadata '{}' is not a number", where, key));
-      }
+    // Counters travel as doubles: at most 2^53. The step is checked against the run's
+    // length in fit(), once the data fixes it.
+    constexpr std::uint64_t exact = std::uint64_t{1} << 53;
+    const std::uint64_t seed = read.counter("epoch_seed");
+    const std::uint64_t step = read.counter("step", exact);
+    const std::uint64_t outer_steps = read.counter("outer_steps", step);
+    const std::uint64_t synced_step = read.counter("synced_step", step);
+    std::vector<double> out{double(step), double(seed >> 32), double(seed & 0xffffffffu), double(outer_steps),
+                            double(synced_step)};
+    // A finite number >= 0 (NaN and Inf are written as null, which is refused here too).
+    auto non_negative = [&](const char* key, const nlohmann::json& v, const std::string& field) {
+      if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < 0 ||
+          v.get<double>() > double(exact))
+        read.fail(key, fmt::format("has {} {}, expected a finite number >= 0", field, json_echo(v)));
+      return v.get<double>();
     };
-    const std::uint64_t seed = count("epoch_seed");
-    std::vector<double> out{double(count("step")), double(seed >> 32), double(seed & 0xffffffffu),
-                            double(count("outer_steps")), double(count("synced_step"))};
-    try {
-      const auto c = json("comm");
-      for (const char* key : {"all_reduces", "payload_bytes", "checksums", "checksum_bytes", "seconds"})
-        out.push_back(c.at(key).template get<double>());
-      const auto sums = json("epoch_loss_sums").template get<std::vector<double>>();
-      if (sums.size() != static_cast<std::size_t>(p))
-        throw InputError(where + ": metadata 'epoch_loss_sums' is not one per rank");
-      out.insert(out.end(), sums.begin(), sums.end());
-    } catch (const nlohmann::json::exception&) {
-      throw InputError(fmt::format("{}: metadata 'comm' or 'epoch_loss_sums' is malformed", where));
+    const auto c = read.json("comm");
+    if (!c.is_object()) read.fail("comm", "is not a JSON object");
+    for (const char* key : {"all_reduces", "payload_bytes", "checksums", "checksum_bytes", "seconds"}) {
+      if (!c.contains(key)) read.fail("comm", fmt::format("has no '{}'", key));
+      out.push_back(non_negative("comm", c.at(key), fmt::format("'{}'", key)));
     }
+    const auto sums = read.json("epoch_loss_sums");
+    if (!sums.is_array() || sums.size() != static_cast<std::size_t>(p))
+      read.fail("epoch_loss_sums", fmt::format("is not a list of {} numbers, one per rank", p));
+    for (std::size_t q = 0; q < sums.size(); ++q)
+      out.push_back(non_negative("epoch_loss_sums", sums[q], fmt::format("rank {}'s", q)));
     return out;
-  }
-
-  /// The ranges of the flat gradient the backward pass finishes one after another (head
-  /// and final norm, blocks L-1 .. 0, the embedding): MlpModel::backward's ready ranges.
-  static std::vector<std::pair<std::size_t, std::size_t>> gradient_buckets(const ParamLayout& layout) {
-    std::vector<std::size_t> starts;  // of the embedding, block 0 .. L-1, the final norm
-    starts.push_back(0);
-    for (int l = 0; l < F::blocks; ++l)
-      starts.push_back(layout.find("blocks." + std::to_string(l) + ".norm.weight").offset);
-    starts.push_back(layout.find("final_norm.weight").offset);
-    std::vector<std::pair<std::size_t, std::size_t>> buckets;
-    buckets.emplace_back(starts.back(), layout.total());
-    for (std::size_t i = starts.size() - 1; i-- > 0;) buckets.emplace_back(starts[i], starts[i + 1]);
-    return buckets;
   }
 
   void all_reduce_average_timed(std::vector<T>& buffer) { all_reduce_average_timed(std::span<T>(buffer)); }
@@ -720,27 +710,28 @@ class CoTrainer {
   }
 
   Comm* comm_;
-  MlpConfig model_config_;
+  config_type model_config_;
   mask_type mask_;
   TrainOptions train_;
   CoTrainOptions co_;
   int threads_ = 1;
-  cpu::MlpModel<F, T> model_;
+  M model_;
   std::vector<T> params_, grads_, anchor_;
   AnyOptimizer optimizer_;
   std::optional<Sgd<T>> outer_;
   std::mt19937_64 rng_;
   std::int64_t step_ = 0;
   std::int64_t outer_steps_ = 0;
-  std::int64_t synced_step_ = 0;      // local SGD: the step of the last outer step
-  std::int64_t per_epoch_ = 0;        // steps per epoch of the current fit()
-  std::uint64_t epoch_seed_ = 0;      // the data order of the current epoch
-  double epoch_loss_sum_ = 0;         // this rank's losses so far in the current epoch
-  std::vector<std::uint64_t> masks_;  // every rank's structure, in rank order
+  std::int64_t synced_step_ = 0;        // local SGD: the step of the last outer step
+  std::int64_t per_epoch_ = 0;          // steps per epoch of the current fit()
+  std::uint64_t epoch_seed_ = 0;        // the data order of the current epoch
+  double epoch_loss_sum_ = 0;           // this rank's losses so far in the current epoch
+  std::filesystem::path resumed_from_;  // the checkpoint resume() read (for fit()'s checks)
+  std::vector<std::uint64_t> masks_;    // every rank's structure, in rank order
   CommStats stats_;
   Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> x_;  // (in_dim, share)
   std::vector<std::int32_t> y_;
-  std::vector<std::pair<std::size_t, std::size_t>> buckets_;  // gradient_buckets(), in reduction order
+  std::vector<std::pair<std::size_t, std::size_t>> buckets_;  // M's ready ranges, in reduction order
   std::optional<detail::OrderedWorker> worker_;               // runs the bucket all-reduces (overlap)
 };
 

@@ -33,7 +33,7 @@
 #include <nlohmann/json.hpp>
 
 #include "additive/core/error.hpp"
-#include "additive/cpu/mlp_model.hpp"
+#include "additive/core/seed.hpp"
 #include "additive/data/dataset.hpp"
 #include "additive/dist/collectives.hpp"
 #include "additive/dist/communicator.hpp"
@@ -41,10 +41,13 @@
 #include "additive/exp/device_runner.hpp"
 #include "additive/exp/progress.hpp"
 #include "additive/exp/report.hpp"
+#include "additive/exp/results_file.hpp"
 #include "additive/exp/search_types.hpp"
+#include "additive/exp/stats.hpp"
 #include "additive/exp/train.hpp"
 #include "additive/io/atomic_file.hpp"
-#include "additive/nn/cost.hpp"
+#include "additive/io/json.hpp"
+#include "additive/nn/model.hpp"
 
 namespace additive {
 
@@ -80,37 +83,19 @@ inline void to_json(nlohmann::json& j, const SearchOptions& o) {
       {"top_k", o.top_k},   {"long_epochs", o.long_epochs}, {"long_top", o.long_top}};
 }
 
-/// Kendall's tau-b of two paired samples (ties in either handled); 0 when undefined.
-inline double kendall_tau_b(const std::vector<double>& a, const std::vector<double>& b) {
-  std::int64_t concordant = 0, discordant = 0, ties_a = 0, ties_b = 0;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    for (std::size_t j = i + 1; j < a.size(); ++j) {
-      const double da = a[i] - a[j];
-      const double db = b[i] - b[j];
-      if (da == 0 && db == 0) continue;
-      if (da == 0) {
-        ++ties_a;
-      } else if (db == 0) {
-        ++ties_b;
-      } else if ((da > 0) == (db > 0)) {
-        ++concordant;
-      } else {
-        ++discordant;
-      }
-    }
-  const double n1 = double(concordant + discordant + ties_a);
-  const double n2 = double(concordant + discordant + ties_b);
-  return n1 > 0 && n2 > 0 ? double(concordant - discordant) / std::sqrt(n1 * n2) : 0.0;
-}
-
-template <Family F>
+/// The search over the structures of model M's family. M trains each run (for example
+/// cpu::MlpModel<F, float>); M::rebind<double> compares the structures' functions.
+template <RebindableModel M>
 class StructureSearch {
  public:
-  using mask_type = typename F::mask_type;
+  using model_type = M;
+  using family = typename M::family;
+  using mask_type = typename M::mask_type;
+  using config_type = typename M::config_type;
 
-  StructureSearch(const MlpConfig& model, const TrainOptions& train, const SearchOptions& options)
+  StructureSearch(const config_type& model, const TrainOptions& train, const SearchOptions& options)
       : model_(model), train_(train), options_(options) {
-    model_.validate(F::shards);
+    (void)M(model_, 1);  // validates the widths (an InputError names what is wrong)
     train_.validate();
     options_.validate(mask_type::count);
   }
@@ -123,16 +108,7 @@ class StructureSearch {
 
   /// The structures considered: all of them, or a seeded sample, in increasing mask order.
   [[nodiscard]] std::vector<std::uint64_t> candidates() const {
-    std::vector<std::uint64_t> all(mask_type::count);
-    for (std::uint64_t m = 0; m < mask_type::count; ++m) all[m] = m;
-    if (options_.sample < 0) return all;
-    std::mt19937_64 rng(derive_seed(options_.sample_seed, 0x73616D706C65ULL /* "sample" */, 0));
-    const auto k = static_cast<std::size_t>(options_.sample);
-    for (std::size_t i = 0; i < k; ++i)  // partial Fisher-Yates: the first k are the sample
-      std::swap(all[i], all[i + bounded_rand(rng, all.size() - i)]);
-    all.resize(k);
-    std::sort(all.begin(), all.end());
-    return all;
+    return structure_sample(mask_type::count, options_.sample, options_.sample_seed);
   }
 
   /// Groups of masks whose models compute the same function: outputs on random float64
@@ -141,22 +117,23 @@ class StructureSearch {
   [[nodiscard]] std::vector<std::vector<std::uint64_t>> equivalence_groups(
       const std::vector<std::uint64_t>& masks) const {
     constexpr Index probes = 16;
-    cpu::MlpModel<F, double> model(model_, 1);
+    using Probe = rebind_scalar_t<M, double>;
+    Probe model(model_, 1);
     std::vector<double> init(model.layout().total()), random(model.layout().total());
-    init_mlp_params<double>(model_, F::blocks, training_init_seed(train_.seed), init);
+    Probe::init_params(model_, training_init_seed(train_.seed), init);
     {
-      std::mt19937_64 rng(derive_seed(train_.seed, 0x70726F6265ULL /* "probe" */, 0));
+      std::mt19937_64 rng(derive_seed(train_.seed, seed_domain::probe, 0));
       std::uniform_real_distribution<double> u(-0.5, 0.5);
       for (const auto& t : model.layout().tensors())
         for (std::size_t i = 0; i < t.size; ++i)
           random[t.offset + i] = t.name.ends_with("norm.weight") ? 1.0 + u(rng) : u(rng);
     }
-    std::vector<double> x(static_cast<std::size_t>(model_.in_dim * probes));
-    std::mt19937_64 rng(derive_seed(train_.seed, 0x70726F6265ULL, 1));
+    std::vector<double> x(static_cast<std::size_t>(model.input_dim() * probes));
+    std::mt19937_64 rng(derive_seed(train_.seed, seed_domain::probe, 1));
     std::uniform_real_distribution<double> unit(0.0, 1.0);
     for (auto& v : x) v = unit(rng);
     const std::vector<std::int32_t> y(static_cast<std::size_t>(probes), 0);
-    const MatView<const double> xv(x.data(), model_.in_dim, probes);
+    const MatView<const double> xv(x.data(), model.input_dim(), probes);
 
     auto outputs = [&](std::uint64_t m) {
       std::vector<double> out;
@@ -194,7 +171,7 @@ class StructureSearch {
   /// Identity of the search: a results file with other settings cannot be resumed.
   [[nodiscard]] nlohmann::json settings(const nlohmann::json& data_identity) const {
     return {{"format", "additive-search-1"},
-            {"family", F::describe()},
+            {"family", family::describe()},
             {"model", model_},
             {"train", train_},
             {"search", options_},
@@ -300,7 +277,7 @@ class StructureSearch {
     TrainOptions o = train_;
     o.seed = train_.seed + static_cast<std::uint64_t>(job.seed);
     o.epochs = job.epochs;
-    Trainer<F, float> trainer(model_, mask_type(job.mask), o, RunOptions{.threads = 1, .progress = false});
+    Trainer<M> trainer(model_, mask_type(job.mask), o, RunOptions{.threads = 1, .progress = false});
     const auto t0 = ProgressBar::Clock::now();
     const auto result = trainer.fit(train, val);
     const auto& last = result.epochs.back();
@@ -363,7 +340,7 @@ class StructureSearch {
   /// After a round: every rank's records into runs_ on every rank (exact: dist::all_gather).
   template <Communicator C>
   void gather_records(C& comm, const std::vector<Job>& mine, ProgressBar& bar, std::int64_t& done) {
-    static_assert(F::gates <= 53, "masks travel as doubles: at most 53 gates");
+    static_assert(family::gates <= 53, "masks travel as doubles: at most 53 gates");
     constexpr std::size_t fields = 8;
     std::vector<double> out;
     for (const auto& j : mine) {
@@ -417,7 +394,7 @@ class StructureSearch {
         epochs_trained_ += j.epochs;
         if (!results.empty()) save(results, settings_json, groups, nullptr);
         bar.update(++done,
-                   fmt::format("last {} {:.2f}%", F::to_string(mask_type(rec.mask)), 100 * rec.val_accuracy));
+                   fmt::format("last {} {:.2f}%", family::to_string(mask_type(rec.mask)), 100 * rec.val_accuracy));
       });
       return;
     }
@@ -437,7 +414,7 @@ class StructureSearch {
           ++runs_trained_;
           epochs_trained_ += todo[i].epochs;
           if (!results.empty()) save(results, settings_json, groups, nullptr);
-          bar.update(++done, fmt::format("last {} {:.2f}%", F::to_string(mask_type(rec.mask)),
+          bar.update(++done, fmt::format("last {} {:.2f}%", family::to_string(mask_type(rec.mask)),
                                          100 * rec.val_accuracy));
         } catch (...) {
           const std::lock_guard lock(mutex);
@@ -458,14 +435,14 @@ class StructureSearch {
   SearchReport build_report(const std::vector<std::uint64_t>& masks,
                             const std::vector<std::vector<std::uint64_t>>& groups) const {
     SearchReport report;
-    report.family = F::describe();
+    report.family = family::describe();
     report.candidates = static_cast<std::int64_t>(masks.size());
     report.trained = static_cast<std::int64_t>(groups.size());
     report.top_k = options_.top_k;
     for (const auto& g : groups) {
       SearchEntry e;
       e.mask = g.front();
-      e.structure = F::to_string(mask_type(e.mask));
+      e.structure = family::to_string(mask_type(e.mask));
       e.equivalent.assign(g.begin() + 1, g.end());
       std::vector<double> acc, loss;
       for (int r = 0; r < options_.seeds; ++r) {
@@ -476,7 +453,7 @@ class StructureSearch {
       e.runs = options_.seeds;
       std::tie(e.acc_mean, e.acc_std) = mean_std(acc);
       std::tie(e.loss_mean, e.loss_std) = mean_std(loss);
-      e.cost = mlp_cost<F>(model_, mask_type(e.mask), train_.batch);
+      e.cost = M::cost(model_, mask_type(e.mask), train_.batch);
       report.entries.push_back(e);
     }
     std::sort(report.entries.begin(), report.entries.end(), [](const SearchEntry& a, const SearchEntry& b) {
@@ -485,15 +462,6 @@ class StructureSearch {
     for (std::size_t i = 0; i < report.entries.size(); ++i) report.entries[i].rank = static_cast<int>(i + 1);
     mark_pareto(report.entries);
     return report;
-  }
-
-  static std::pair<double, double> mean_std(const std::vector<double>& v) {
-    double mean = 0;
-    for (const double x : v) mean += x;
-    mean /= double(v.size());
-    double var = 0;
-    for (const double x : v) var += (x - mean) * (x - mean);
-    return {mean, v.size() > 1 ? std::sqrt(var / double(v.size() - 1)) : 0.0};
   }
 
   void save(const std::filesystem::path& path, const nlohmann::json& settings_json,
@@ -507,8 +475,10 @@ class StructureSearch {
     write_file_atomically(path, j.dump(1) + "\n");
   }
 
-  /// The file's text, or nothing when it cannot be opened.
+  /// The file's text, or nothing when it is not a regular file or cannot be opened.
   static std::optional<std::string> read_text(const std::filesystem::path& path) {
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(path, ec)) return std::nullopt;  // a FIFO would block
     std::ifstream in(path, std::ios::binary);
     if (!in) return std::nullopt;
     std::ostringstream text;
@@ -516,51 +486,46 @@ class StructureSearch {
     return std::move(text).str();
   }
 
-  /// `text`: the results file's contents as rank 0 read them (nothing: unreadable).
+  /// `text`: the results file's contents as rank 0 read them (nothing: unreadable). Every
+  /// run record is checked (exp/results_file.hpp) before any is kept.
   void load_runs(const std::filesystem::path& path, const std::optional<std::string>& text,
                  const nlohmann::json& settings_json) {
-    if (!text)
-      throw InputError(fmt::format("cannot resume: results file '{}' cannot be read", path.string()));
+    const std::string where = fmt::format("cannot resume: results file '{}'", path.string());
+    if (!text) throw InputError(where + " cannot be read");
     nlohmann::json j;
     try {
-      j = nlohmann::json::parse(*text);
-      for (const auto& [key, value] : settings_json.items()) {
-        if (!j.contains(key))
-          throw InputError(fmt::format("cannot resume: results file '{}' has no '{}'", path.string(), key));
-        if (j.at(key) != value)
-          throw InputError(
-              fmt::format("cannot resume: results file '{}' was written with other {} settings ({})",
-                          path.string(), key, describe_difference(j.at(key), value)));
-      }
-      for (const auto& r : j.at("runs")) {
-        auto rec = r.get<RunRecord>();
-        runs_[{rec.phase, rec.mask, rec.seed}] = rec;
-      }
+      j = parse_json_limited(*text, where);
     } catch (const nlohmann::json::parse_error& e) {
-      throw InputError(fmt::format(
-          "cannot resume: results file '{}' is not a search results file (invalid JSON at byte {})",
-          path.string(), e.byte));
-    } catch (const nlohmann::json::exception&) {
-      throw InputError(fmt::format(
-          "cannot resume: results file '{}' is not a search results file (a run record is malformed)",
-          path.string()));
+      throw InputError(
+          fmt::format("{} is not a search results file (invalid JSON at byte {})", where, e.byte));
     }
+    if (!j.is_object()) throw InputError(where + " is not a search results file (not a JSON object)");
+    for (const auto& [key, value] : settings_json.items()) {
+      if (!j.contains(key)) throw InputError(fmt::format("{} has no '{}'", where, key));
+      if (j.at(key) != value)
+        throw InputError(fmt::format("{} was written with other {} settings ({})", where, key,
+                                     describe_difference(j.at(key), value)));
+    }
+    if (!j.contains("runs")) throw InputError(where + " has no 'runs'");
+    for (const auto& rec : read_run_records(j.at("runs"), where, mask_type::count, options_.seeds))
+      runs_[{rec.phase, rec.mask, rec.seed}] = rec;
   }
 
-  /// "lr 0.002 there, 0.01 now": the fields of two settings objects that differ.
+  /// "lr 0.002 there, 0.01 now": the fields of two settings objects that differ (the
+  /// values from the file echoed short: json_echo).
   static std::string describe_difference(const nlohmann::json& there, const nlohmann::json& now) {
     if (!there.is_object() || !now.is_object())
-      return fmt::format("{} there, {} now", there.dump(), now.dump());
+      return fmt::format("{} there, {} now", json_echo(there, 40), json_echo(now, 40));
     std::string out;
     for (const auto& [field, value] : now.items()) {
       if (there.contains(field) && there.at(field) == value) continue;
-      const auto old = there.contains(field) ? there.at(field).dump() : std::string("missing");
-      out += fmt::format("{}{} {} there, {} now", out.empty() ? "" : "; ", field, old, value.dump());
+      const auto old = there.contains(field) ? json_echo(there.at(field)) : std::string("missing");
+      out += fmt::format("{}{} {} there, {} now", out.empty() ? "" : "; ", field, old, json_echo(value));
     }
     return out.empty() ? "extra fields there" : out;
   }
 
-  MlpConfig model_;
+  config_type model_;
   TrainOptions train_;
   SearchOptions options_;
   std::map<RunKey, RunRecord> runs_;

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <optional>
 #include <random>
@@ -28,9 +29,15 @@
 #include "additive/exp/evaluate_all.hpp"
 #include "additive/exp/progress.hpp"
 #include "additive/exp/report.hpp"
-#include "additive/exp/search.hpp"
+#include "additive/exp/results_file.hpp"
+#include "additive/exp/stats.hpp"
 #include "additive/exp/train.hpp"
 #include "additive/io/atomic_file.hpp"
+#include "additive/io/json.hpp"
+#include "additive/report/format.hpp"
+#include "additive/report/histogram.hpp"
+#include "additive/report/svg.hpp"
+#include "additive/report/table.hpp"
 
 namespace additive {
 
@@ -117,71 +124,75 @@ struct StochasticReport {
   std::optional<SearchComparison> search{};
 };
 
-/// The accuracy of every mask of a finished structure search for family `family`:
-/// each representative's mean accuracy, and the same for the masks equivalent to it.
-/// `representatives` receives the representatives' masks. One clear InputError otherwise.
+/// The accuracy of every mask of a finished structure search for family `family` (of
+/// `structures` = 2^n structures): each representative's mean accuracy, and the same for
+/// the masks equivalent to it. `representatives` receives the representatives' masks.
+/// Every report entry and run record is checked (exp/results_file.hpp); one clear
+/// InputError naming the file and the field otherwise.
 inline std::map<std::uint64_t, double> load_search_accuracies(
-    const std::filesystem::path& path, const std::string& family,
+    const std::filesystem::path& path, const std::string& family, std::uint64_t structures,
     std::vector<std::uint64_t>* representatives = nullptr) {
   const auto name = path.string();
+  const auto where = fmt::format("search results '{}'", name);
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec))
+    throw InputError(where + " is not a regular file");
   std::ifstream in(path);
   if (!in) throw InputError(fmt::format("search results '{}' cannot be read", name));
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(in);
+    j = parse_json_limited(in, where);
   } catch (const nlohmann::json::parse_error& e) {
     throw InputError(fmt::format("search results '{}' is not a search results file (invalid JSON at byte {})",
                                  name, e.byte));
   }
-  std::map<std::uint64_t, double> acc;
-  try {
-    if (!j.is_object() || j.value("format", std::string()) != "additive-search-1")
-      throw InputError(fmt::format(
-          "search results '{}' is not a search results file (no format 'additive-search-1')", name));
-    const auto there = j.at("family").get<std::string>();
-    if (there != family)
-      throw InputError(
-          fmt::format("search results '{}' are for family '{}', this run uses '{}'", name, there, family));
-    if (!j.value("complete", false) || !j.contains("report"))
-      throw InputError(
-          fmt::format("search results '{}' are incomplete (finish the search with --resume)", name));
-    for (const auto& e : j.at("report").at("entries")) {
-      const auto mask = e.at("mask").get<std::uint64_t>();
-      const auto a = e.at("acc_mean").get<double>();
-      acc[mask] = a;
-      for (const auto& q : e.at("equivalent")) acc[q.get<std::uint64_t>()] = a;
-      if (representatives != nullptr) representatives->push_back(mask);
-    }
-  } catch (const nlohmann::json::exception&) {
+  if (!j.is_object() || !j.contains("format") || j.at("format") != "additive-search-1")
+    throw InputError(fmt::format(
+        "search results '{}' is not a search results file (no format 'additive-search-1')", name));
+  if (!j.contains("family") || !j.at("family").is_string())
+    throw InputError(fmt::format("{}: 'family' is missing or not a string", where));
+  const auto there = j.at("family").get<std::string>();
+  if (there != family)
+    throw InputError(fmt::format("search results '{}' are for family '{}', this run uses '{}'", name,
+                                 detail::printable(there, echo_limit), family));
+  if (!j.contains("complete") || j.at("complete") != true || !j.contains("report"))
     throw InputError(
-        fmt::format("search results '{}' is not a search results file (a report entry is malformed)", name));
+        fmt::format("search results '{}' are incomplete (finish the search with --resume)", name));
+  if (j.contains("runs")) {
+    // The seed count the search ran with, when the file says (else any seed index).
+    int seeds = std::numeric_limits<int>::max();
+    if (j.contains("search") && j.at("search").is_object() && j.at("search").contains("seeds")) {
+      const auto& r = j.at("search").at("seeds");
+      if (!detail::is_index(r) || r.get<std::uint64_t>() < 1 || r.get<std::uint64_t>() > 1000)
+        throw InputError(fmt::format("{}: 'search' has 'seeds' {}, expected an integer in [1, 1000]", where,
+                                     json_echo(r)));
+      seeds = static_cast<int>(r.get<std::uint64_t>());
+    }
+    (void)read_run_records(j.at("runs"), where, structures, seeds);
   }
-  return acc;
+  return read_report_accuracies(j.at("report"), where, structures, representatives);
 }
 
-template <Family F>
+/// Stochastic gating of model M (for example cpu::MlpModel<F, float>): one shared weight
+/// set trained with random structures, then every structure evaluated on it.
+template <HostModel M>
 class StochasticGating {
  public:
-  using mask_type = typename F::mask_type;
+  using model_type = M;
+  using family = typename M::family;
+  using mask_type = typename M::mask_type;
+  using config_type = typename M::config_type;
 
-  StochasticGating(const MlpConfig& model, const TrainOptions& train, const StochasticOptions& options)
+  StochasticGating(const config_type& model, const TrainOptions& train, const StochasticOptions& options)
       : model_(model), train_(train), options_(options) {
-    model_.validate(F::shards);
+    (void)M(model_, 1);  // validates the widths (an InputError names what is wrong)
     train_.validate();
     options_.validate(mask_type::count);
   }
 
   /// The structures evaluated: all, or a seeded sample (with the dense one), in mask order.
   [[nodiscard]] std::vector<std::uint64_t> structures() const {
-    std::vector<std::uint64_t> all(mask_type::count);
-    for (std::uint64_t m = 0; m < mask_type::count; ++m) all[m] = m;
-    if (options_.sample < 0) return all;
-    std::mt19937_64 rng(derive_seed(options_.sample_seed, 0x73616D706C65ULL /* "sample" */, 0));
-    const auto k = static_cast<std::size_t>(options_.sample);
-    for (std::size_t i = 0; i < k; ++i) std::swap(all[i], all[i + bounded_rand(rng, all.size() - i)]);
-    all.resize(k);
-    std::sort(all.begin(), all.end());
-    return all;
+    return structure_sample(mask_type::count, options_.sample, options_.sample_seed);
   }
 
   /// Trains the shared weights with gating, evaluates the structures, and (optionally)
@@ -189,7 +200,7 @@ class StochasticGating {
   StochasticReport run(const DatasetView& train, const DatasetView& val,
                        const std::filesystem::path& search_results = {}) {
     StochasticReport r;
-    r.family = F::describe();
+    r.family = family::describe();
     r.gating = options_.gating;
     r.train = train_;
     r.candidates = static_cast<std::int64_t>(mask_type::count);
@@ -198,10 +209,10 @@ class StochasticGating {
     std::map<std::uint64_t, double> search_acc;
     std::vector<std::uint64_t> representatives;
     if (!search_results.empty())
-      search_acc = load_search_accuracies(search_results, r.family, &representatives);
+      search_acc = load_search_accuracies(search_results, r.family, mask_type::count, &representatives);
 
     const RunOptions run{.threads = options_.threads, .progress = options_.progress};
-    Trainer<F, float> gated(model_, mask_type::all(), train_, run, options_.gating);
+    Trainer<M> gated(model_, mask_type::all(), train_, run, options_.gating);
     const auto fit = gated.fit(train, val);
     r.epochs = fit.epochs;
     r.samples_per_second = fit.samples_per_second;
@@ -211,14 +222,14 @@ class StochasticGating {
     const bool dense_listed = std::binary_search(masks.begin(), masks.end(), r.dense_mask);
     if (!dense_listed) masks.push_back(r.dense_mask);
     const auto t0 = ProgressBar::Clock::now();
-    const auto evals = evaluate_structures<F, float>(
-        model_, std::span<const float>(gated.params()), val, masks,
+    const auto evals = evaluate_structures<M>(
+        model_, std::span<const typename M::scalar_type>(gated.params()), val, masks,
         EvalAllOptions{.threads = options_.threads, .show_progress = options_.progress});
     r.eval_seconds = std::chrono::duration<double>(ProgressBar::Clock::now() - t0).count();
     for (const auto& e : evals) {
       if (e.mask == r.dense_mask) r.dense_gated = EvalResult{e.loss, e.accuracy, val.size()};
       if (e.mask == r.dense_mask && !dense_listed) continue;
-      StochasticEntry entry{e.mask, F::to_string(mask_type(e.mask)), e.accuracy, e.loss, std::nullopt};
+      StochasticEntry entry{e.mask, family::to_string(mask_type(e.mask)), e.accuracy, e.loss, std::nullopt};
       if (const auto it = search_acc.find(e.mask); it != search_acc.end()) entry.search_accuracy = it->second;
       r.entries.push_back(entry);
     }
@@ -247,7 +258,7 @@ class StochasticGating {
 
     if (options_.dense_baseline) {
       const auto t1 = ProgressBar::Clock::now();
-      Trainer<F, float> dense(model_, mask_type::all(), train_, run);
+      Trainer<M> dense(model_, mask_type::all(), train_, run);
       const auto d = dense.fit(train, val);
       r.dense_alone = d.epochs.back().val;
       r.dense_seconds = std::chrono::duration<double>(ProgressBar::Clock::now() - t1).count();
@@ -256,7 +267,7 @@ class StochasticGating {
   }
 
  private:
-  MlpConfig model_;
+  config_type model_;
   TrainOptions train_;
   StochasticOptions options_;
 };
@@ -271,7 +282,6 @@ inline void to_json(nlohmann::json& j, const Distribution& d) {
 }
 
 inline nlohmann::json stochastic_json(const StochasticReport& r) {
-  namespace rd = detail::report;
   auto eval = [](const EvalResult& e) { return nlohmann::json{{"accuracy", e.accuracy}, {"loss", e.loss}}; };
   nlohmann::json j{
       {"format", "additive-stochastic-1"},
@@ -281,7 +291,7 @@ inline nlohmann::json stochastic_json(const StochasticReport& r) {
       {"candidates", r.candidates},
       {"evaluated", r.entries.size()},
       {"accuracy", r.accuracy},
-      {"dense_mask", rd::mask_hex(r.dense_mask)},
+      {"dense_mask", report::mask_hex(r.dense_mask)},
       {"dense_gated", eval(r.dense_gated)},
       {"dense_alone", r.dense_alone ? eval(*r.dense_alone) : nlohmann::json(nullptr)},
       {"search", nullptr},
@@ -298,7 +308,7 @@ inline nlohmann::json stochastic_json(const StochasticReport& r) {
   j["structures"] = nlohmann::json::array();
   for (const auto& e : r.entries)
     j["structures"].push_back({{"mask", e.mask},
-                               {"mask_hex", rd::mask_hex(e.mask)},
+                               {"mask_hex", report::mask_hex(e.mask)},
                                {"structure", e.structure},
                                {"accuracy", e.accuracy},
                                {"loss", e.loss},
@@ -309,11 +319,11 @@ inline nlohmann::json stochastic_json(const StochasticReport& r) {
 
 /// One row per structure: mask, structure, accuracy, loss, search accuracy (empty if none).
 inline std::string stochastic_csv(const StochasticReport& r) {
-  namespace rd = detail::report;
   std::string o = "mask,structure,accuracy,loss,search_accuracy\n";
   for (const auto& e : r.entries)
-    o += fmt::format("{},{},{},{},{}\n", rd::mask_hex(e.mask), rd::csv_quoted(e.structure), e.accuracy,
-                     e.loss, e.search_accuracy ? fmt::format("{}", *e.search_accuracy) : std::string());
+    o +=
+        fmt::format("{},{},{},{},{}\n", report::mask_hex(e.mask), report::csv_quoted(e.structure), e.accuracy,
+                    e.loss, e.search_accuracy ? fmt::format("{}", *e.search_accuracy) : std::string());
   return o;
 }
 
@@ -337,8 +347,7 @@ inline std::string stochastic_text(const StochasticReport& r) {
   o += "best structures on the shared weights:\n";
   for (std::size_t i = 0; i < std::min<std::size_t>(5, best.size()); ++i)
     o += fmt::format(
-        "  {:>6}  {}  {}{}\n", detail::report::mask_hex(best[i]->mask), pct(best[i]->accuracy),
-        best[i]->structure,
+        "  {:>6}  {}  {}{}\n", report::mask_hex(best[i]->mask), pct(best[i]->accuracy), best[i]->structure,
         best[i]->search_accuracy ? fmt::format("  (alone {})", pct(*best[i]->search_accuracy)) : "");
   if (r.search)
     o += fmt::format(
@@ -351,29 +360,12 @@ inline std::string stochastic_text(const StochasticReport& r) {
 /// Histogram of the accuracies on the shared weights, the dense structure (gated and
 /// alone) marked; with search results, a second panel: gated vs trained-alone accuracy.
 inline std::string stochastic_svg(const StochasticReport& r) {
-  namespace rd = detail::report;
-  using rd::num;
+  using report::colour_front, report::colour_plain;
   const bool scatter = r.search.has_value();
-  const double width = scatter ? 1000 : 560, height = 440, y0 = 60, y1 = 370;
-  std::string o;
-  auto out = [&o](fmt::string_view f, auto&&... args) {
-    fmt::vformat_to(std::back_inserter(o), f, fmt::make_format_args(args...));
-  };
-  auto text = [&](double x, double y, std::string_view s, std::string_view attrs = {}) {
-    out("<text x=\"{}\" y=\"{}\"{}{}>{}</text>\n", num(x), num(y), attrs.empty() ? "" : " ", attrs,
-        rd::xml_escape(s));
-  };
-  auto line = [&](double xa, double ya, double xb, double yb, const char* colour,
-                  std::string_view extra = {}) {
-    out("<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"{}\" {}/>\n", num(xa), num(ya), num(xb),
-        num(yb), colour, extra.empty() ? std::string_view(R"(stroke-width="1")") : extra);
-  };
-  out("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{0}\" height=\"{1}\" viewBox=\"0 0 {0} {1}\" "
-      "font-family=\"sans-serif\" font-size=\"11\" fill=\"#222222\">\n",
-      fmt::format("{:.0f}", width), fmt::format("{:.0f}", height));
-  out("<rect x=\"0\" y=\"0\" width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n");
+  const double y0 = 60, y1 = 370;
+  report::SvgWriter svg(scatter ? 1000 : 560, 440);
 
-  std::vector<double> acc;
+  std::vector<double> acc;  // in %
   for (const auto& e : r.entries) acc.push_back(100 * e.accuracy);
   double lo = r.accuracy.min * 100, hi = r.accuracy.max * 100;
   lo = std::min(lo, 100 * r.dense_gated.accuracy);
@@ -383,52 +375,25 @@ inline std::string stochastic_svg(const StochasticReport& r) {
     hi = std::max(hi, 100 * r.dense_alone->accuracy);
   }
   {  // ---- left panel: histogram ----
-    constexpr double x0 = 60, x1 = 520;
-    text((x0 + x1) / 2, 24, "accuracy of every structure on the shared weights",
-         R"(text-anchor="middle" font-size="15" font-weight="bold")");
-    const auto xt = rd::percent_ticks(lo, hi, 0.05, 0.05);
-    const rd::LinearScale xs{xt.lo, xt.hi, x0, x1};
-    const int bins = std::clamp(static_cast<int>(std::sqrt(double(acc.size())) * 2), 5, 40);
-    std::vector<int> count(static_cast<std::size_t>(bins), 0);
-    const double bw = (xt.hi - xt.lo) / bins;
-    for (const double a : acc)
-      ++count[static_cast<std::size_t>(std::clamp(static_cast<int>((a - xt.lo) / bw), 0, bins - 1))];
-    const int top = std::max(1, *std::max_element(count.begin(), count.end()));
-    const auto yt = rd::nice_ticks(0, top, 4);
-    const rd::LinearScale ys{0, yt.hi, y1, y0};
-    for (const double v : yt.values) {
-      line(x0, ys(v), x1, ys(v), rd::colour_grid);
-      text(x0 - 6, ys(v) + 4, fmt::format("{:.0f}", v), R"(text-anchor="end")");
-    }
-    for (const double v : xt.values)
-      text(xs(v), y1 + 16, fmt::format("{:.{}f}", v, xt.decimals), R"(text-anchor="middle")");
-    out("<g id=\"histogram\">\n");
-    for (int b = 0; b < bins; ++b) {
-      const auto c = count[static_cast<std::size_t>(b)];
-      if (c == 0) continue;
-      const double xa = xs(xt.lo + b * bw), xb = xs(xt.lo + (b + 1) * bw);
-      out("<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{}\"/>\n", num(xa + 0.5), num(ys(c)),
-          num(std::max(0.5, xb - xa - 1)), num(y1 - ys(c)), rd::colour_plain);
-    }
-    out("</g>\n");
-    line(x0, y1, x1, y1, rd::colour_axis);
-    line(x0, y0, x0, y1, rd::colour_axis);
-    line(xs(100 * r.dense_gated.accuracy), y0, xs(100 * r.dense_gated.accuracy), y1, rd::colour_front,
-         R"(stroke-dasharray="4 3" stroke-width="2")");
-    text(x0 + 8, y0 - 8, "dashed: dense structure of the gated model",
-         std::string("fill=\"") + rd::colour_front + "\"");
+    const report::PlotArea area{60, 520, y0, y1};
+    svg.panel_title(area, "accuracy of every structure on the shared weights");
+    const auto xs = report::draw_histogram(svg, acc, report::percent_ticks(lo, hi, 0.05, 0.05), area);
+    svg.frame(area);
+    const double gated = xs(100 * r.dense_gated.accuracy);
+    svg.line(gated, y0, gated, y1, colour_front, R"(stroke-dasharray="4 3" stroke-width="2")");
+    svg.text(area.x0 + 8, y0 - 8, "dashed: dense structure of the gated model",
+             fmt::format("fill=\"{}\"", colour_front));
     if (r.dense_alone) {
       const double x = xs(100 * r.dense_alone->accuracy);
-      line(x, y0, x, y1, "#222222", R"(stroke-width="2")");
-      text(x1, y0 - 8, "solid: dense trained alone", R"(text-anchor="end")");
+      svg.line(x, y0, x, y1, "#222222", R"(stroke-width="2")");
+      svg.text(area.x1, y0 - 8, "solid: dense trained alone", R"(text-anchor="end")");
     }
-    text((x0 + x1) / 2, y1 + 36, "validation accuracy (%)", R"(text-anchor="middle")");
-    text(18, (y0 + y1) / 2, "structures", "text-anchor=\"middle\" transform=\"rotate(-90 18 215)\"");
+    svg.text(area.centre_x(), y1 + 36, "validation accuracy (%)", R"(text-anchor="middle")");
+    svg.text(18, area.centre_y(), "structures", "text-anchor=\"middle\" transform=\"rotate(-90 18 215)\"");
   }
   if (scatter) {  // ---- right panel: gated vs trained alone ----
-    constexpr double x0 = 600, x1 = 970;
-    text((x0 + x1) / 2, 24, "shared weights vs trained alone",
-         R"(text-anchor="middle" font-size="15" font-weight="bold")");
+    const report::PlotArea area{600, 970, y0, y1};
+    svg.panel_title(area, "shared weights vs trained alone");
     std::vector<std::pair<double, double>> pts;
     double slo = 100, shi = 0;
     for (const auto& e : r.entries)
@@ -438,38 +403,31 @@ inline std::string stochastic_svg(const StochasticReport& r) {
         shi = std::max(shi, pts.back().first);
       }
     if (pts.empty()) {
-      text((x0 + x1) / 2, (y0 + y1) / 2, "no structure in common", R"(text-anchor="middle" fill="#666666")");
+      svg.empty_note(area, "no structure in common");
     } else {
-      const auto xt = rd::percent_ticks(slo, shi, 0.05, 0.05);
-      const auto yt = rd::percent_ticks(r.accuracy.min * 100, r.accuracy.max * 100, 0.05, 0.05);
-      const rd::LinearScale xs{xt.lo, xt.hi, x0, x1}, ys{yt.lo, yt.hi, y1, y0};
-      for (const double v : yt.values) {
-        line(x0, ys(v), x1, ys(v), rd::colour_grid);
-        text(x0 - 6, ys(v) + 4, fmt::format("{:.{}f}", v, yt.decimals), R"(text-anchor="end")");
-      }
-      for (const double v : xt.values)
-        text(xs(v), y1 + 16, fmt::format("{:.{}f}", v, xt.decimals), R"(text-anchor="middle")");
-      out("<g id=\"scatter\">\n");
+      const auto xt = report::percent_ticks(slo, shi, 0.05, 0.05);
+      const auto yt = report::percent_ticks(r.accuracy.min * 100, r.accuracy.max * 100, 0.05, 0.05);
+      const report::LinearScale xs{xt.lo, xt.hi, area.x0, area.x1}, ys{yt.lo, yt.hi, y1, y0};
+      svg.y_grid(area, yt, ys, yt.decimals);
+      svg.x_labels(area, xt, xs);
+      svg.out("<g id=\"scatter\">\n");
       for (const auto& [sx, sy] : pts)
-        out("<path d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"1.2\"/>\n",
-            rd::circle_path(xs(sx), ys(sy), 3.5), rd::colour_plain);
-      out("</g>\n");
-      line(x0, y1, x1, y1, rd::colour_axis);
-      line(x0, y0, x0, y1, rd::colour_axis);
-      text((x0 + x1) / 2, y1 + 36, "accuracy trained alone, from the search (%)", R"(text-anchor="middle")");
-      text(x0 - 40, (y0 + y1) / 2, "on the shared weights (%)",
-           "text-anchor=\"middle\" transform=\"rotate(-90 560 215)\"");
-      text(x0 + 8, y0 - 8,
-           fmt::format("Kendall's tau {:.3f} over {} functions", r.search->tau, r.search->ranked));
+        svg.out("<path d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"1.2\"/>\n",
+                report::circle_path(xs(sx), ys(sy), 3.5), colour_plain);
+      svg.out("</g>\n");
+      svg.frame(area);
+      svg.text(area.centre_x(), y1 + 36, "accuracy trained alone, from the search (%)",
+               R"(text-anchor="middle")");
+      svg.text(area.x0 - 40, area.centre_y(), "on the shared weights (%)",
+               "text-anchor=\"middle\" transform=\"rotate(-90 560 215)\"");
+      svg.text(area.x0 + 8, y0 - 8,
+               fmt::format("Kendall's tau {:.3f} over {} functions", r.search->tau, r.search->ranked));
     }
   }
-  text(20, height - 10,
-       fmt::format("{} \u00b7 p {}{}{} \u00b7 {} of {} structures evaluated", r.family, r.gating.p,
-                   r.gating.p_end ? fmt::format(" \u2192 {}", *r.gating.p_end) : std::string(),
-                   r.gating.per_sample ? " per sample" : " per batch", r.entries.size(), r.candidates),
-       "fill=\"#666666\"");
-  out("</svg>\n");
-  return o;
+  svg.footer(fmt::format("{} \u00b7 p {}{}{} \u00b7 {} of {} structures evaluated", r.family, r.gating.p,
+                         r.gating.p_end ? fmt::format(" \u2192 {}", *r.gating.p_end) : std::string(),
+                         r.gating.per_sample ? " per sample" : " per batch", r.entries.size(), r.candidates));
+  return std::move(svg).finish();
 }
 
 /// Writes stochastic.json, stochastic.csv and stochastic.svg into `dir`, each atomically.

@@ -1,4 +1,4 @@
-// Training one structure of the MLP family: seeded initialisation, epochs over a shuffled
+// Training one structure of any Model (nn/model.hpp): seeded initialisation, epochs over a shuffled
 // training view, AdamW or SGD under a warmup + cosine schedule, validation each epoch,
 // atomic checkpoints, and a resume that reproduces the uninterrupted run bit for bit.
 //
@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -29,13 +30,14 @@
 #include <nlohmann/json.hpp>
 
 #include "additive/core/error.hpp"
+#include "additive/core/seed.hpp"
 #include "additive/core/structure.hpp"
 #include "additive/cpu/mlp_model.hpp"
 #include "additive/cpu/per_sample.hpp"
 #include "additive/data/dataset.hpp"
 #include "additive/exp/progress.hpp"
 #include "additive/io/checkpoint.hpp"
-#include "additive/nn/mlp.hpp"
+#include "additive/nn/model.hpp"
 #include "additive/optim/adamw.hpp"
 #include "additive/optim/schedule.hpp"
 #include "additive/optim/sgd.hpp"
@@ -114,11 +116,6 @@ inline void to_json(nlohmann::json& j, const GatingOptions& o) {
                      {"per_sample", o.per_sample}};
 }
 
-/// The seed of the gate draws of step `step` of a run with training seed `seed`.
-constexpr std::uint64_t gate_seed(std::uint64_t seed, std::int64_t step) noexcept {
-  return derive_seed(seed, 0x6761746573ULL /* "gates" */, static_cast<std::uint64_t>(step));
-}
-
 /// A mask whose gates are each kept with probability p: gate i is active when the i-th
 /// uniform draw u in [0, 1) (53 bits) is below p, so p = 1 keeps every gate.
 template <class M>
@@ -159,22 +156,35 @@ struct TrainResult {
   double samples_per_second = 0;  ///< training throughput of this run (not counting evaluation)
 };
 
-/// The seed of the initial weights of a run with training seed `seed`: every structure
-/// trained with the same seed starts from the same weights.
-constexpr std::uint64_t training_init_seed(std::uint64_t seed) noexcept {
-  return derive_seed(seed, 0x696E6974ULL /* "init" */, 0);
-}
+namespace detail {
+/// The per-sample path of M, or a placeholder for models without one.
+struct NoPerSample {};
+template <class M, bool = PerSampleModel<M>>
+struct PerSampleOrNone {
+  using type = NoPerSample;
+};
+template <class M>
+struct PerSampleOrNone<M, true> {
+  using type = per_sample_model_t<M>;
+};
+}  // namespace detail
 
-/// Trains one structure of family F in scalar T on the CPU backend.
-template <Family F, class T>
+/// Trains one structure of a model M (a HostModel: built from its config and a thread
+/// count), for example cpu::MlpModel<F, float>.
+template <HostModel M>
 class Trainer {
  public:
-  using mask_type = typename F::mask_type;
+  using model_type = M;
+  using family = typename M::family;
+  using T = typename M::scalar_type;
+  using mask_type = typename M::mask_type;
+  using config_type = typename M::config_type;
 
   /// With `gating`, the training steps draw their structures (see GatingOptions) and
-  /// `mask` is the structure the per-epoch validation evaluates.
-  Trainer(const MlpConfig& model_config, mask_type mask, const TrainOptions& train,
-          const RunOptions& run = {}, std::optional<GatingOptions> gating = std::nullopt)
+  /// `mask` is the structure the per-epoch validation evaluates. Per-sample gating needs a
+  /// PerSampleModel (else InputError).
+  Trainer(const config_type& model_config, mask_type mask, const TrainOptions& train, const RunOptions& run = {},
+          std::optional<GatingOptions> gating = std::nullopt)
       : model_config_(model_config),
         mask_(mask),
         train_(train),
@@ -184,36 +194,44 @@ class Trainer {
         params_(model_.layout().total()),
         grads_(model_.layout().total()),
         optimizer_(make_optimizer(model_.layout(), train)),
-        rng_(derive_seed(train.seed, kTrainDomain, 0)) {
-    init_mlp_params<T>(model_config_, F::blocks, training_init_seed(train.seed), params_);
+        rng_(training_rng_seed(train.seed)) {
+    M::init_params(model_config_, training_init_seed(train.seed), params_);
     // The optimizer step runs on the model's threads too (results do not depend on it).
     std::visit(
         [&](auto& opt) {
           if constexpr (requires { opt.set_threads(1); }) opt.set_threads(run.threads);
         },
         optimizer_);
-    if (gating_ && gating_->per_sample)
-      per_sample_ = std::make_unique<cpu::PerSampleMlp<F, T>>(model_config_, run.threads);
+    if (gating_ && gating_->per_sample) {
+      if constexpr (PerSampleModel<M>)
+        per_sample_ = std::make_unique<PerSample>(model_config_, run.threads);
+      else
+        throw InputError(fmt::format("family {} has no per-sample gating", family::describe()));
+    }
   }
 
   [[nodiscard]] std::span<T> params() noexcept { return params_; }
   [[nodiscard]] std::span<const T> params() const noexcept { return params_; }
   [[nodiscard]] const ParamLayout& layout() const noexcept { return model_.layout(); }
   [[nodiscard]] std::int64_t step() const noexcept { return step_; }
-  [[nodiscard]] cpu::MlpModel<F, T>& model() noexcept { return model_; }
+  [[nodiscard]] M& model() noexcept { return model_; }
 
   /// Trains until all epochs are done (or stop_after_steps). `on_epoch` sees each record.
   TrainResult fit(const DatasetView& train, const DatasetView& val,
                   const std::function<void(const EpochRecord&)>& on_epoch = {}) {
     if (train.size() < 1) throw InputError("training set is empty");
-    if (train.input_dim() != model_config_.in_dim)
+    if (train.input_dim() != model_.input_dim())
       throw InputError(fmt::format("training data has {} features per sample, the model expects {}",
-                                   train.input_dim(), model_config_.in_dim));
+                                   train.input_dim(), model_.input_dim()));
     const std::int64_t per_epoch = (train.size() + train_.batch - 1) / train_.batch;
     if (per_epoch > (std::int64_t{1} << 53) / train_.epochs)
       throw InputError(fmt::format("{} epochs of {} steps is too many steps", train_.epochs, per_epoch));
     per_epoch_ = per_epoch;
     const std::int64_t total = per_epoch * train_.epochs;
+    if (step_ > total)
+      throw InputError(fmt::format(
+          "checkpoint '{}': metadata 'step' is {}, beyond the end of training ({} epochs of {} steps)",
+          resumed_from_.string(), step_, train_.epochs, per_epoch));
     const WarmupCosine schedule{train_.lr,
                                 static_cast<std::int64_t>(std::floor(train_.warmup * double(total))), total,
                                 train_.min_lr};
@@ -238,12 +256,18 @@ class Trainer {
         const MatView<const T> xv(x.data(), x.rows(), x.cols());
         const T loss = forward_step(xv, y, total);
         if (!std::isfinite(static_cast<double>(loss)))
-          throw InputError(
-              fmt::format("training diverged: loss is {} at step {} (lower --lr?)", double(loss), step_));
-        if (per_sample_step_)
-          per_sample_->backward(params_, grads_);
-        else
+          throw InputError(fmt::format(
+              "training diverged: loss is {} at step {} ({})", double(loss), step_,
+              resumed_from_.empty() ? std::string("lower --lr?")
+                                    : fmt::format("resumed from checkpoint '{}'", resumed_from_.string())));
+        if constexpr (PerSampleModel<M>) {
+          if (per_sample_step_)
+            per_sample_->backward(params_, grads_);
+          else
+            model_.backward(params_, grads_);
+        } else {
           model_.backward(params_, grads_);
+        }
         std::visit([&](auto& opt) { opt.step(params_, grads_, static_cast<T>(schedule.lr(step_))); },
                    optimizer_);
         epoch_loss_sum_ += double(loss);
@@ -326,15 +350,11 @@ class Trainer {
     CheckpointState<T> state{&model_.layout(), params, opt_views, {}};
     load_checkpoint(path, state);
     const auto& meta = state.metadata;
-    auto need = [&](const char* key) -> const std::string& {
-      const auto it = meta.find(key);
-      if (it == meta.end())
-        throw InputError("checkpoint '" + path.string() + "': missing metadata '" + key + "'");
-      return it->second;
-    };
+    const CheckpointMetadata read(path, meta);
+    auto need = [&](const char* key) -> const std::string& { return read.text(key); };
     auto mismatch = [&](const std::string& what, const std::string& file, const std::string& now) {
-      throw InputError("checkpoint '" + path.string() + "' was written for " + what + " " + file +
-                       ", this run uses " + now);
+      throw InputError("checkpoint '" + path.string() + "' was written for " + what + " " +
+                       detail::printable(file, 40) + ", this run uses " + now);
     };
     const auto expected = metadata();
     for (const char* key : {"family", "model", "mask"})
@@ -347,17 +367,12 @@ class Trainer {
     if (gating_there != gating_now) mismatch("gating", gating_there, gating_now);
     if (need("train") != expected.at("train"))
       mismatch("training options", need("train"), expected.at("train"));
-    const auto parse_u64 = [&](const char* key) {
-      try {
-        return static_cast<std::uint64_t>(std::stoull(need(key)));
-      } catch (const std::exception&) {
-        throw InputError("checkpoint '" + path.string() + "': metadata '" + key + "' is not a number");
-      }
-    };
-    const auto step = parse_u64("step");
-    const auto epoch_seed = parse_u64("epoch_seed");
-    const double loss_sum = std::stod(need("epoch_loss_sum"));
+    // The step is checked against the run's length in fit(), once the data fixes it.
+    const auto step = read.counter("step", std::uint64_t{1} << 53);
+    const auto epoch_seed = read.counter("epoch_seed");
+    const double loss_sum = read.number("epoch_loss_sum", 0, std::numeric_limits<double>::max());
     auto rng = rng_from_string(need("rng"));
+    detail::check_optimizer_state<T>(read, opt_views);
     // Everything parsed: commit.
     std::copy(params.begin(), params.end(), params_.begin());
     auto live = optimizer_state();
@@ -368,10 +383,11 @@ class Trainer {
     epoch_seed_ = epoch_seed;
     epoch_loss_sum_ = loss_sum;
     rng_ = rng;
+    resumed_from_ = path;
   }
 
  private:
-  static constexpr std::uint64_t kTrainDomain = 0x747261696EULL;  // "train"
+  using PerSample = typename detail::PerSampleOrNone<M>::type;
 
   /// The forward pass of one training step: the fixed structure, or the drawn ones.
   T forward_step(MatView<const T> xv, std::span<const std::int32_t> y, std::int64_t total) {
@@ -383,7 +399,10 @@ class Trainer {
     sample_masks_.resize(static_cast<std::size_t>(xv.cols));
     for (auto& m : sample_masks_) m = draw_mask<mask_type>(gen, p);
     per_sample_step_ = true;
-    return per_sample_->forward(sample_masks_, params_, xv, y);
+    if constexpr (PerSampleModel<M>)
+      return per_sample_->forward(sample_masks_, params_, xv, y);
+    else
+      throw RuntimeError("per-sample gating without a per-sample path");  // refused in the constructor
   }
 
   using AnyOptimizer = std::variant<AdamW<T>, Sgd<T>>;
@@ -411,20 +430,20 @@ class Trainer {
             {"rng", rng_to_string(rng_)},
             {"epoch_seed", std::to_string(epoch_seed_)},
             {"epoch_loss_sum", fmt::format("{:.17g}", epoch_loss_sum_)},
-            {"family", F::describe()},
+            {"family", family::describe()},
             {"mask", to_hex(mask_)},
-            {"structure", F::to_string(mask_)},
+            {"structure", family::to_string(mask_)},
             {"model", nlohmann::json(model_config_).dump()},
             {"train", nlohmann::json(train_).dump()}};
   }
 
-  MlpConfig model_config_;
+  config_type model_config_;
   mask_type mask_;
   TrainOptions train_;
   RunOptions run_;
   std::optional<GatingOptions> gating_;
-  cpu::MlpModel<F, T> model_;
-  std::unique_ptr<cpu::PerSampleMlp<F, T>> per_sample_;
+  M model_;
+  std::unique_ptr<PerSample> per_sample_;
   std::vector<mask_type> sample_masks_;
   bool per_sample_step_ = false;
   std::vector<T> params_, grads_;
@@ -434,6 +453,7 @@ class Trainer {
   std::int64_t per_epoch_ = 0;
   std::uint64_t epoch_seed_ = 0;
   double epoch_loss_sum_ = 0;
+  std::filesystem::path resumed_from_{};  ///< the checkpoint resume() read (for fit()'s checks)
 };
 
 }  // namespace additive

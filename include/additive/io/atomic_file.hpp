@@ -4,7 +4,9 @@
 #pragma once
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -26,6 +28,25 @@
 namespace additive {
 
 class FileSink;
+
+namespace detail {
+
+/// The error of a failed write, fsync or close of `target`: the environment's failures
+/// that are not the program's (a full disk, a quota, a read-only file system) say so as
+/// an InputError; anything else is a RuntimeError.
+[[noreturn]] inline void throw_write_error(const std::filesystem::path& target, const std::string& what,
+                                           int err) {
+  const std::string head = "cannot write '" + target.string() + "': ";
+  if (err == ENOSPC) throw InputError(head + "the disk is full (" + std::strerror(err) + ")");
+#ifdef EDQUOT
+  if (err == EDQUOT) throw InputError(head + "the disk quota is exhausted (" + std::strerror(err) + ")");
+#endif
+  if (err == EROFS) throw InputError(head + "the file system is read-only (" + std::strerror(err) + ")");
+  throw RuntimeError(head + what + std::strerror(err));
+}
+
+}  // namespace detail
+
 inline void write_file_atomically(const std::filesystem::path& path,
                                   const std::function<void(FileSink&)>& writer);
 
@@ -70,7 +91,7 @@ class FileSink {
       const ::ssize_t w = ::write(fd_, p, n);
       if (w < 0) {
         if (errno == EINTR) continue;
-        throw RuntimeError("cannot write '" + target_.string() + "': " + std::strerror(errno));
+        detail::throw_write_error(target_, "", errno);
       }
       p += w;
       n -= static_cast<std::size_t>(w);
@@ -85,6 +106,34 @@ class FileSink {
 };
 
 namespace detail {
+
+/// Removes the temporary files `<target>.tmp.<pid>.<n>` that processes of this machine
+/// left when they were killed during a write (their pid no longer runs); a live
+/// process's are kept. Best effort: nothing is reported.
+inline void remove_stale_temporaries(const std::filesystem::path& target) {
+  std::filesystem::path dir = target.parent_path();
+  if (dir.empty()) dir = ".";
+  const std::string prefix = target.filename().string() + ".tmp.";
+  std::error_code ec;
+  std::vector<std::filesystem::path> stale;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (!name.starts_with(prefix)) continue;
+    const std::string_view rest = std::string_view(name).substr(prefix.size());  // "<pid>.<n>"
+    const std::size_t dot = rest.find('.');
+    if (dot == 0 || dot == std::string_view::npos || dot + 1 == rest.size() ||
+        rest.find_first_not_of("0123456789.") != std::string_view::npos ||
+        rest.find('.', dot + 1) != std::string_view::npos || dot > 9)
+      continue;
+    const long pid = std::stol(std::string(rest.substr(0, dot)));
+    if (pid <= 0 || pid == static_cast<long>(::getpid())) continue;
+    if (::kill(static_cast<::pid_t>(pid), 0) == 0 || errno != ESRCH)
+      continue;  // alive (or not ours to judge)
+    std::error_code type_ec;
+    if (it->is_regular_file(type_ec)) stale.push_back(it->path());
+  }
+  for (const auto& p : stale) std::filesystem::remove(p, ec);
+}
 
 /// Owns the temporary file until it is renamed: closes it and removes it on any failure.
 class AtomicTempFile {
@@ -122,11 +171,11 @@ class AtomicTempFile {
       throw RuntimeError("cannot write '" + target.string() + "': " + what);
     };
     while (::fsync(fd_) != 0) {
-      if (errno != EINTR) fail(std::string("fsync failed: ") + std::strerror(errno));
+      if (errno != EINTR) throw_write_error(target, "fsync failed: ", errno);
     }
     const int fd = fd_;
     fd_ = -1;
-    if (::close(fd) != 0) fail(std::string("close failed: ") + std::strerror(errno));
+    if (::close(fd) != 0) throw_write_error(target, "close failed: ", errno);
     std::error_code ec;
     std::filesystem::rename(path_, target, ec);
     if (ec) fail("cannot rename the temporary file over it: " + ec.message());
@@ -153,14 +202,17 @@ class AtomicTempFile {
 
 /// Replaces the file at `path` with what `writer` writes to the sink, atomically: on any
 /// failure (including an exception from `writer`, which propagates unchanged) the
-/// previous file is intact and no temporary file is left. Throws `InputError` when the
-/// file cannot be created (missing directory, no permission, `path` is a directory) and
-/// `RuntimeError` when a write, fsync or rename fails.
+/// previous file is intact and no temporary file is left. Temporary files of `path` that
+/// processes killed during a write left behind are removed first. Throws `InputError`
+/// when the file cannot be created (missing directory, no permission, `path` is a
+/// directory) or the disk is full, and `RuntimeError` when a write, fsync or rename fails
+/// otherwise.
 inline void write_file_atomically(const std::filesystem::path& path,
                                   const std::function<void(FileSink&)>& writer) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
     throw InputError("cannot write '" + path.string() + "': it is a directory");
+  detail::remove_stale_temporaries(path);
   detail::AtomicTempFile tmp(path);
   FileSink sink(tmp.fd(), path);
   writer(sink);

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <random>
 #include <set>
@@ -25,6 +26,7 @@
 
 #include "additive/core/error.hpp"
 #include "additive/core/params.hpp"
+#include "additive/io/json.hpp"
 #include "additive/io/safetensors.hpp"
 
 namespace additive {
@@ -103,6 +105,82 @@ inline std::mt19937_64 rng_from_string(std::string_view text) {
   return rng;
 }
 
+/// A checkpoint's metadata read field by field, for the engines that resume from it:
+/// every value that is missing, does not parse or is out of range is an InputError of one
+/// line, "checkpoint '<path>': metadata '<key>' ...", that echoes the value short.
+class CheckpointMetadata {
+ public:
+  CheckpointMetadata(std::filesystem::path path, const std::map<std::string, std::string>& meta)
+      : path_(std::move(path)), meta_(&meta) {}
+
+  [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
+
+  /// "checkpoint '<path>': <what>".
+  [[noreturn]] void fail(const std::string& what) const {
+    throw InputError("checkpoint '" + path_.string() + "': " + what);
+  }
+
+  /// "checkpoint '<path>': metadata '<key>' <what>".
+  [[noreturn]] void fail(std::string_view key, const std::string& what) const {
+    fail("metadata '" + std::string(key) + "' " + what);
+  }
+
+  [[nodiscard]] bool contains(std::string_view key) const { return meta_->contains(std::string(key)); }
+
+  /// The value of `key` as it is.
+  [[nodiscard]] const std::string& text(std::string_view key) const {
+    const auto it = meta_->find(std::string(key));
+    if (it == meta_->end()) fail("missing metadata '" + std::string(key) + "'");
+    return it->second;
+  }
+
+  /// An unsigned decimal integer in [0, max].
+  [[nodiscard]] std::uint64_t counter(std::string_view key,
+                                      std::uint64_t max = std::numeric_limits<std::uint64_t>::max()) const {
+    const std::string& v = text(key);
+    std::uint64_t out = 0;
+    const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+    if (v.empty() || end != v.data() + v.size() ||
+        (ec != std::errc{} && ec != std::errc::result_out_of_range))
+      fail(key, "is '" + detail::printable(v, echo_limit) + "', expected an unsigned integer");
+    if (ec == std::errc::result_out_of_range || out > max)
+      fail(key, "is " + detail::printable(v, echo_limit) + ", more than " + std::to_string(max));
+    return out;
+  }
+
+  /// A finite decimal number in [lo, hi].
+  [[nodiscard]] double number(std::string_view key, double lo, double hi) const {
+    const std::string& v = text(key);
+    double out = 0;
+    const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+    if (v.empty() || ec != std::errc{} || end != v.data() + v.size() || !std::isfinite(out) || out < lo ||
+        out > hi) {
+      std::ostringstream range;
+      if (hi == std::numeric_limits<double>::max())
+        range << ">= " << lo;
+      else
+        range << "in [" << lo << ", " << hi << "]";
+      fail(key, "is '" + detail::printable(v, echo_limit) + "', expected a finite number " + range.str());
+    }
+    return out;
+  }
+
+  /// The value parsed as JSON (nested at most json_max_depth levels).
+  [[nodiscard]] nlohmann::json json(std::string_view key) const {
+    const std::string& v = text(key);
+    try {
+      return parse_json_limited(v,
+                                "checkpoint '" + path_.string() + "': metadata '" + std::string(key) + "'");
+    } catch (const nlohmann::json::exception&) {
+      fail(key, "is not JSON");
+    }
+  }
+
+ private:
+  std::filesystem::path path_;
+  const std::map<std::string, std::string>* meta_;
+};
+
 namespace detail {
 
 inline std::string checkpoint_tensor_name(std::string_view state, std::string_view tensor) {
@@ -133,6 +211,24 @@ std::string first_non_finite(std::span<const T> data, const std::vector<std::int
     return what + " at index " + std::to_string(i) + " (element " + shape_string(index) + ")";
   }
   return {};
+}
+
+/// Optimizer buffers read from checkpoint `read.path()`: a second moment (a state named
+/// "v", or ending in "_v": "inner_v", "rank1_v") holds squares, so a negative element
+/// is an InputError naming the file, not a divergence many steps later.
+template <class T>
+void check_optimizer_state(const CheckpointMetadata& read,
+                           const std::vector<std::pair<std::string, std::span<T>>>& state) {
+  for (const auto& [name, buffer] : state) {
+    if (name != "v" && !name.ends_with("_v")) continue;
+    for (std::size_t i = 0; i < buffer.size(); ++i)
+      if (buffer[i] < T(0)) {
+        std::ostringstream value;
+        value << double(buffer[i]);
+        read.fail("optimizer state '" + name + "' (a second moment) is " + value.str() + " at index " +
+                  std::to_string(i) + ", expected >= 0");
+      }
+  }
 }
 
 /// Checks what the calling code passes in: a layout, buffers of its size, usable state names.

@@ -16,6 +16,7 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <new>
 #include <numeric>
 #include <optional>
 #include <ranges>
@@ -29,8 +30,13 @@
 
 #include <nlohmann/json.hpp>
 
+#ifdef __unix__
+#include <unistd.h>
+#endif
+
 #include "additive/core/error.hpp"
 #include "additive/io/atomic_file.hpp"
+#include "additive/io/json.hpp"
 
 namespace additive {
 
@@ -176,23 +182,6 @@ inline std::string shape_string(std::span<const std::int64_t> shape) {
   return s + "]";
 }
 
-/// A name from a file, made safe for a one-line message (control bytes as \xNN).
-inline std::string printable(std::string_view s) {
-  std::string out;
-  for (const char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u == 0x7f) {
-      constexpr char hex[] = "0123456789abcdef";
-      out += "\\x";
-      out += hex[u >> 4];
-      out += hex[u & 15];
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
-
 /// The element count of `shape`, or nothing on overflow (or a negative dimension).
 inline std::optional<std::uint64_t> checked_numel(std::span<const std::int64_t> shape) {
   std::uint64_t n = 1;
@@ -330,8 +319,9 @@ struct TensorInfo {
 class SafetensorsFile {
  public:
   explicit SafetensorsFile(std::filesystem::path path) : path_(std::move(path)) {
-    load();
-    parse();
+    std::ifstream in = open();
+    parse(in);      // the header, checked against the file's size before any data is read
+    read_data(in);  // then the tensors' bytes
   }
 
   [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
@@ -369,7 +359,7 @@ class SafetensorsFile {
   /// The raw little-endian bytes of tensor `name` (valid while this object lives).
   [[nodiscard]] std::span<const std::byte> bytes(std::string_view name) const {
     const TensorInfo& t = info(name);
-    return std::span<const std::byte>(data_).subspan(static_cast<std::size_t>(buffer_start_ + t.begin),
+    return std::span<const std::byte>(data_).subspan(static_cast<std::size_t>(t.begin),
                                                      static_cast<std::size_t>(t.end - t.begin));
   }
 
@@ -416,27 +406,28 @@ class SafetensorsFile {
   }
 
  private:
-  void load() {
+  std::ifstream open() {
     std::error_code ec;
     const auto status = std::filesystem::status(path_, ec);
     if (!std::filesystem::exists(status)) fail("no such file");
     if (!std::filesystem::is_regular_file(status)) fail("not a regular file");
+    file_size_ = std::filesystem::file_size(path_, ec);
+    if (ec) fail("cannot determine its size");
     std::ifstream in(path_, std::ios::binary);
     if (!in) fail("cannot open it for reading");
-    in.seekg(0, std::ios::end);
-    const std::streamoff size = in.tellg();
-    in.seekg(0, std::ios::beg);
-    if (size < 0) fail("cannot determine its size");
-    data_.resize(static_cast<std::size_t>(size));
-    if (size > 0 && !in.read(reinterpret_cast<char*>(data_.data()), size)) fail("read error");
+    return in;
   }
 
-  void parse() {
-    const std::uint64_t size = data_.size();
+  /// Reads and checks the header: nothing of the data is read (or allocated) before the
+  /// header's tensors are known to tile exactly the rest of the file.
+  void parse(std::ifstream& in) {
+    const std::uint64_t size = file_size_;
     if (size < 8)
       fail("file is too short (" + std::to_string(size) + " bytes) to hold the 8-byte header length");
+    std::array<unsigned char, 8> length{};
+    if (!in.read(reinterpret_cast<char*>(length.data()), 8)) fail("read error");
     std::uint64_t n = 0;
-    for (std::size_t i = 0; i < 8; ++i) n |= std::to_integer<std::uint64_t>(data_[i]) << (8 * i);
+    for (std::size_t i = 0; i < 8; ++i) n |= std::uint64_t{length[i]} << (8 * i);
     if (n > detail::safetensors_max_header)
       fail("header length " + std::to_string(n) + " is absurd (the limit is " +
            std::to_string(detail::safetensors_max_header) + " bytes)");
@@ -445,8 +436,10 @@ class SafetensorsFile {
            std::to_string(size - 8) + " bytes follow the length)");
     buffer_start_ = 8 + n;
     const std::uint64_t buffer_size = size - buffer_start_;
+    std::string text(static_cast<std::size_t>(n), '\0');
+    if (n > 0 && !in.read(text.data(), static_cast<std::streamsize>(n))) fail("read error");
 
-    const nlohmann::json header = parse_json(reinterpret_cast<const char*>(data_.data()) + 8, n);
+    const nlohmann::json header = parse_json(text.data(), n);
     if (!header.is_object()) fail("the header is not a JSON object");
 
     struct Range {
@@ -483,6 +476,26 @@ class SafetensorsFile {
       fail(std::to_string(buffer_size - covered) + " bytes after the last tensor belong to no tensor");
   }
 
+  /// The data buffer, `file_size_ - buffer_start_` bytes that the header has accounted for;
+  /// more than this machine's memory is refused before allocating.
+  void read_data(std::ifstream& in) {
+    const std::uint64_t n = file_size_ - buffer_start_;
+#ifdef __unix__
+    const long pages = sysconf(_SC_PHYS_PAGES);
+    const long page = sysconf(_SC_PAGE_SIZE);
+    if (pages > 0 && page > 0 && n / static_cast<std::uint64_t>(page) >= static_cast<std::uint64_t>(pages))
+      fail("its tensors take " + std::to_string(n) + " bytes, more than this machine's memory (" +
+           std::to_string(static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(page)) + " bytes)");
+#endif
+    try {
+      data_.resize(static_cast<std::size_t>(n));
+    } catch (const std::bad_alloc&) {
+      fail("cannot allocate the " + std::to_string(n) + " bytes of its tensors");
+    }
+    if (n > 0 && !in.read(reinterpret_cast<char*>(data_.data()), static_cast<std::streamsize>(n)))
+      fail("read error (the file is shorter than it was)");
+  }
+
   // Parses the header, refusing duplicate keys (which JSON libraries silently merge).
   [[nodiscard]] nlohmann::json parse_json(const char* text, std::uint64_t n) const {
     std::vector<std::set<std::string>> open_objects;
@@ -502,9 +515,10 @@ class SafetensorsFile {
     };
     nlohmann::json header;
     try {
-      header = nlohmann::json::parse(text, text + n, callback);
+      header = parse_json_limited(std::string_view(text, static_cast<std::size_t>(n)),
+                                  "safetensors file '" + path_.string() + "': the header", callback);
     } catch (const nlohmann::json::exception& e) {
-      fail(std::string("the header is not valid JSON: ") + e.what());
+      fail("the header is not valid JSON: " + detail::printable(e.what(), 120));
     }
     if (!duplicate.empty()) fail("the header has the key '" + detail::printable(duplicate) + "' twice");
     return header;
@@ -543,7 +557,7 @@ class SafetensorsFile {
     for (const auto& d : *shape) {
       if (!d.is_number_unsigned() ||
           d.get<std::uint64_t>() > std::uint64_t{std::numeric_limits<std::int64_t>::max()})
-        fail(where + "shape " + shape->dump() + " has an entry that is not a non-negative integer");
+        fail(where + "shape " + json_echo(*shape) + " has an entry that is not a non-negative integer");
       t.shape.push_back(static_cast<std::int64_t>(d.get<std::uint64_t>()));
     }
 
@@ -551,7 +565,7 @@ class SafetensorsFile {
     if (offsets == value.end()) fail(where + "missing data_offsets");
     if (!offsets->is_array() || offsets->size() != 2 || !(*offsets)[0].is_number_unsigned() ||
         !(*offsets)[1].is_number_unsigned())
-      fail(where + "data_offsets " + offsets->dump() + " is not a pair of non-negative integers");
+      fail(where + "data_offsets " + json_echo(*offsets) + " is not a pair of non-negative integers");
     t.begin = (*offsets)[0].get<std::uint64_t>();
     t.end = (*offsets)[1].get<std::uint64_t>();
     const std::string range = "data_offsets [" + std::to_string(t.begin) + ", " + std::to_string(t.end) + "]";
@@ -573,8 +587,9 @@ class SafetensorsFile {
   }
 
   std::filesystem::path path_;
-  std::vector<std::byte> data_;  // the whole file
-  std::uint64_t buffer_start_ = 0;
+  std::uint64_t file_size_ = 0;
+  std::vector<std::byte> data_;     // the data buffer (the file after its header)
+  std::uint64_t buffer_start_ = 0;  // where the data buffer starts in the file
   std::map<std::string, TensorInfo, std::less<>> tensors_;
   std::map<std::string, std::string> metadata_;
 };

@@ -72,8 +72,11 @@ inline void from_json(const nlohmann::json& j, MlpConfig& c) {
   j.at("norm_eps").get_to(c.norm_eps);
 }
 
-/// The flat layout, in the order and with the names of docs/design-notes.md.
-inline ParamLayout mlp_layout(const MlpConfig& c, int blocks) {
+/// The flat layout, in the order and with the names of docs/design-notes.md. With
+/// `shards`, the tensors cut into shards say so: up.weight and up.bias along their rows
+/// (shard j's hidden units), down.weight along its columns.
+inline ParamLayout mlp_layout(const MlpConfig& c, int blocks, int shards = 1) {
+  const ShardAxis hidden_rows{0, shards}, hidden_cols{1, shards};
   ParamLayout p;
   p.add("embed.weight", {c.d, c.in_dim}, true);
   p.add("embed.bias", {c.d}, false);
@@ -81,9 +84,9 @@ inline ParamLayout mlp_layout(const MlpConfig& c, int blocks) {
     const std::string b = "blocks." + std::to_string(l) + ".";
     p.add(b + "norm.weight", {c.d}, false);
     p.add(b + "norm.bias", {c.d}, false);
-    p.add(b + "up.weight", {c.h, c.d}, true);
-    p.add(b + "up.bias", {c.h}, false);
-    p.add(b + "down.weight", {c.d, c.h}, true);
+    p.add(b + "up.weight", {c.h, c.d}, true, hidden_rows);
+    p.add(b + "up.bias", {c.h}, false, hidden_rows);
+    p.add(b + "down.weight", {c.d, c.h}, true, hidden_cols);
     p.add(b + "down.bias", {c.d}, false);
   }
   p.add("final_norm.weight", {c.d}, false);

@@ -23,12 +23,15 @@
 #include <utility>
 #include <vector>
 
+#include "additive/core/concepts.hpp"
 #include "additive/core/dispatch.hpp"
 #include "additive/core/error.hpp"
 #include "additive/core/params.hpp"
 #include "additive/core/structure.hpp"
 #include "additive/core/view.hpp"
+#include "additive/nn/cost.hpp"
 #include "additive/nn/mlp.hpp"
+#include "additive/nn/model.hpp"
 
 namespace additive {
 
@@ -52,13 +55,8 @@ concept MlpModelOps = requires(typename Ops::backend_type& be, typename Ops::mat
   Ops::gemm_tn_bias(be, c, a, a, T{}, T{}, static_cast<const T*>(nullptr));
 };
 
-/// Called by backward() with each range [begin, end) of the flat gradient buffer as soon
-/// as it holds its final values.
-template <class Fn>
-concept GradientReadyCallback = std::invocable<Fn&, std::size_t, std::size_t>;
-
 template <Family F, class T, class Ops>
-requires MlpModelOps<Ops, T>
+requires MlpModelOps<Ops, T> && Backend<typename Ops::backend_type>
 class BasicMlpModel {
   static constexpr int S = F::shards;
   static constexpr int L = F::blocks;
@@ -70,18 +68,36 @@ class BasicMlpModel {
   using mask_type = typename F::mask_type;
   using ops_type = Ops;
   using backend_type = typename Ops::backend_type;
+  using config_type = MlpConfig;
+  /// The same model in scalar U on the same backend (the search's float64 probes).
+  template <class U>
+  using rebind = BasicMlpModel<F, U, typename Ops::template rebind<U>>;
+
+  /// The seeded initialisation of docs/design-notes.md (writes every element of `params`).
+  static void init_params(const MlpConfig& config, std::uint64_t seed, std::span<T> params) {
+    init_mlp_params<T>(config, L, seed, params);
+  }
+  /// What structure m costs at a batch, counted from the plan the model executes
+  /// (communication in elements of sizeof(T) bytes).
+  static StructureCost cost(const MlpConfig& config, mask_type m, Index batch) {
+    return mlp_cost<F>(config, m, batch, static_cast<int>(sizeof(T)));
+  }
 
   /// backend_args construct the backend (CPU: the thread count; CUDA: nothing, or a stream).
   template <class... BackendArgs>
   explicit BasicMlpModel(const MlpConfig& config, BackendArgs&&... backend_args)
       : config_(config),
-        layout_((config.validate(S), mlp_layout(config, L))),
+        layout_((config.validate(S), mlp_layout(config, L, S))),
         backend_(std::forward<BackendArgs>(backend_args)...) {}
 
   [[nodiscard]] const MlpConfig& config() const noexcept { return config_; }
   [[nodiscard]] const ParamLayout& layout() const noexcept { return layout_; }
   [[nodiscard]] backend_type& backend() noexcept { return backend_; }
   [[nodiscard]] Index shard_width() const noexcept { return config_.h / S; }
+  /// Rows of one input column (features per sample).
+  [[nodiscard]] Index input_dim() const noexcept { return config_.in_dim; }
+  /// Logits per sample.
+  [[nodiscard]] Index num_classes() const noexcept { return config_.classes; }
 
   /// Logits of the last forward pass: (classes, batch), where the backend computes.
   [[nodiscard]] MatView<const T> logits() const noexcept { return view(logits_); }
@@ -96,6 +112,20 @@ class BasicMlpModel {
     if (batch < 1) throw InputError("reserve: batch must be >= 1, got " + std::to_string(batch));
     Ops::reserve(backend_, config_, batch, layout_.total());
     if (batch > capacity_) allocate(batch);
+  }
+
+  /// The ranges [begin, end) of the flat gradient that backward(params, grads, on_ready)
+  /// reports, in the order it reports them: the final norm and head, blocks L-1 .. 0, the
+  /// embedding. Contiguous, disjoint, covering the buffer once; the same for every mask.
+  [[nodiscard]] std::vector<std::pair<std::size_t, std::size_t>> ready_ranges() const {
+    std::vector<std::size_t> starts;  // of the embedding, block 0 .. L-1, the final norm
+    starts.push_back(0);
+    for (int l = 0; l < L; ++l) starts.push_back(layout_.find("blocks." + std::to_string(l) + ".norm.weight").offset);
+    starts.push_back(layout_.find("final_norm.weight").offset);
+    std::vector<std::pair<std::size_t, std::size_t>> ranges;
+    ranges.emplace_back(starts.back(), layout_.total());
+    for (std::size_t i = starts.size() - 1; i-- > 0;) ranges.emplace_back(starts[i], starts[i + 1]);
+    return ranges;
   }
 
   // ---- forward: three ways to pick a structure, one computation ----

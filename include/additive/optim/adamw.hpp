@@ -15,17 +15,10 @@
 #include "additive/core/error.hpp"
 #include "additive/core/params.hpp"
 #include "additive/cpu/parallel.hpp"
+#include "additive/optim/adamw_math.hpp"
 #include "additive/optim/optimizer.hpp"
 
 namespace additive {
-
-/// PyTorch's defaults except weight_decay, where PyTorch's AdamW also uses 0.01.
-struct AdamWConfig {
-  double beta1 = 0.9;
-  double beta2 = 0.999;
-  double eps = 1e-8;
-  double weight_decay = 0.01;
-};
 
 /// Throws `InputError` naming the first bad field (NaN is always rejected).
 inline void validate(const AdamWConfig& c) {
@@ -71,18 +64,7 @@ class AdamW {
   void step(std::span<T> params, std::span<const T> grads, T lr) {
     detail::check_step_args("AdamW", layout_, params, grads, lr);
     ++steps_;
-    const double t = static_cast<double>(steps_);
-    const double lr_d = static_cast<double>(lr);
-    const double bc1 = 1.0 - std::pow(config_.beta1, t);
-    const double bc2 = 1.0 - std::pow(config_.beta2, t);
-    const T b1 = static_cast<T>(config_.beta1);
-    const T one_minus_b1 = static_cast<T>(1.0 - config_.beta1);
-    const T b2 = static_cast<T>(config_.beta2);
-    const T one_minus_b2 = static_cast<T>(1.0 - config_.beta2);
-    const T step_size = static_cast<T>(lr_d / bc1);
-    const T sqrt_bc2 = static_cast<T>(std::sqrt(bc2));
-    const T eps = static_cast<T>(config_.eps);
-    const T decayed = static_cast<T>(1.0 - lr_d * config_.weight_decay);
+    const auto s = AdamWScalars<T>::make(config_, steps_, static_cast<double>(lr));
 
     // Fixed chunks (bounds from the layout alone) on up to threads_ threads: every element
     // sees the same operations whichever thread runs it, so the result is bit-identical
@@ -90,19 +72,12 @@ class AdamW {
     cpu::parallel_tasks(threads_, static_cast<Index>(chunks_.size()), [&](Index task) {
       const Chunk& c = chunks_[static_cast<std::size_t>(task)];
       // Multiplying by exactly 1 leaves a no-decay tensor bit-identical.
-      const T keep = c.decay ? decayed : T(1);
+      const T keep = c.decay ? s.decayed : T(1);
       T* p = params.data() + c.offset;
       const T* g = grads.data() + c.offset;
       T* m = m_.data() + c.offset;
       T* v = v_.data() + c.offset;
-      for (std::size_t i = 0; i < c.size; ++i) {
-        const T gi = g[i];
-        const T mi = b1 * m[i] + one_minus_b1 * gi;
-        const T vi = b2 * v[i] + one_minus_b2 * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        p[i] = p[i] * keep - step_size * (mi / (std::sqrt(vi) / sqrt_bc2 + eps));
-      }
+      for (std::size_t i = 0; i < c.size; ++i) adamw_element<T>(p[i], g[i], m[i], v[i], s, keep);
     });
   }
 
