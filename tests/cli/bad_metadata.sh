@@ -8,14 +8,7 @@
 # naming the checkpoint and the field, exit code 2, and the checkpoint directory unchanged.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.bash"
 
-COTRAIN="$ADDITIVE_BINARY_DIR/bin/cotrain"
-SEARCH="$ADDITIVE_BINARY_DIR/bin/search"
-for driver in "$COTRAIN" "$SEARCH"; do
-  if [[ ! -x "$driver" ]]; then
-    echo "FAIL: driver not found: $driver (build the cotrain and search targets)" >&2
-    exit 1
-  fi
-done
+require_drivers cotrain search
 data="$WORK/data"
 "${MAKE_IDX[@]}" "$data" --train 200 --test 16
 T=(--data "$data" --epochs 2 --limit 64 --val 16 --d 16 --h 32 --batch 32 --threads 1 --quiet)

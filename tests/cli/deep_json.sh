@@ -6,15 +6,7 @@
 # deep but within the limit is echoed short in the error line.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.bash"
 
-SEARCH="$ADDITIVE_BINARY_DIR/bin/search"
-STOCH="$ADDITIVE_BINARY_DIR/bin/stochastic"
-COTRAIN="$ADDITIVE_BINARY_DIR/bin/cotrain"
-for driver in "$SEARCH" "$STOCH" "$COTRAIN"; do
-  if [[ ! -x "$driver" ]]; then
-    echo "FAIL: driver not found: $driver (build the search, stochastic and cotrain targets)" >&2
-    exit 1
-  fi
-done
+require_drivers search stochastic cotrain
 data="$WORK/data"
 "${MAKE_IDX[@]}" "$data" --train 200 --test 16
 T=(--data "$data" --epochs 1 --limit 64 --val 16 --d 16 --h 32 --threads 1 --quiet)

@@ -37,6 +37,21 @@ fi
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/additive-cli.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 
+# Sets SEARCH, STOCH and COTRAIN to the drivers in $ADDITIVE_BINARY_DIR/bin and
+# stops the script unless each driver named ("search stochastic ...") is built.
+require_drivers() {
+  SEARCH="$ADDITIVE_BINARY_DIR/bin/search"
+  STOCH="$ADDITIVE_BINARY_DIR/bin/stochastic"
+  COTRAIN="$ADDITIVE_BINARY_DIR/bin/cotrain"
+  local driver
+  for driver in "$@"; do
+    if [[ ! -x "$ADDITIVE_BINARY_DIR/bin/$driver" ]]; then
+      echo "FAIL: driver not found: $ADDITIVE_BINARY_DIR/bin/$driver (build the $* targets)" >&2
+      exit 1
+    fi
+  done
+}
+
 pass() {
   PASSED=$((PASSED + 1))
   echo "PASS: $1"
