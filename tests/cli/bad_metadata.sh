@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ADDITIVE_TEST_TIMEOUT: 120
+# ADDITIVE_TEST_TIMEOUT: 600
 # Checkpoints whose metadata or optimizer state a run could not have written (issue 18),
 # through train --resume and cotrain --resume: numbers that do not parse, a NaN or
 # negative loss sum, a negative or out-of-range seed, a step beyond the end of training

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ADDITIVE_TEST_TIMEOUT: 120
+# ADDITIVE_TEST_TIMEOUT: 600
 # Careless input the drivers refuse before any work (issue 18): an --out that is a file,
 # or under one, or read-only; widths whose model cannot fit in memory; a seed beyond
 # 64 bits (never clamped); and the temporary file a kill left behind is removed by the
