@@ -2,7 +2,7 @@
 # The whole test run (CI's and the README's): system packages, a Python virtualenv for the
 # interop tests, then configure + build + ctest with the cpu-release preset and, unless
 # ADDITIVE_SKIP_SANITIZE=1, with the cpu-debug preset (ASan + UBSan; its test preset skips
-# tests labelled `slow` and the packaging tests).
+# tests labelled `slow` or `pinned` and the packaging tests).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
