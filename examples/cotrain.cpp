@@ -341,7 +341,8 @@ template <class F, class Comm>
 void run_rank(Comm& comm, const Setup& s, const Plan& plan, const Data& d, bool progress,
               std::vector<Scalar>& params_out, CoTrainResult& result_out) {
   const auto mask = plan.masks[static_cast<std::size_t>(comm.rank()) % plan.masks.size()];
-  CoTrainer<cpu::MlpModel<F, Scalar>, Comm> trainer(comm, s.model, typename F::mask_type(mask), s.train, s.co);
+  CoTrainer<cpu::MlpModel<F, Scalar>, Comm> trainer(comm, s.model, typename F::mask_type(mask), s.train,
+                                                    s.co);
   if (!s.resume.empty()) trainer.resume(s.resume);
   auto result = trainer.fit(*d.train, DatasetView(d.set, {}), progress && comm.rank() == 0, {}, s.run);
   if (comm.rank() == 0) {
@@ -395,8 +396,8 @@ int run(const Flags& f, Setup s, int mpi_rank, int mpi_size, void* mpi_comm) {
 }
 
 int dispatch(const Flags& f, const Setup& s, int rank, int size, void* comm) {
-  return with_family(f.family,
-                     [&](auto family) { return run<typename decltype(family)::type>(f, s, rank, size, comm); });
+  return with_family(
+      f.family, [&](auto family) { return run<typename decltype(family)::type>(f, s, rank, size, comm); });
 }
 
 }  // namespace

@@ -217,8 +217,8 @@ int main(int argc, char** argv) {
   if (const int code = additive::flags::parse(app, argc, argv); code >= 0) return code;
   auto dispatch = [&](auto& comm) {
     check_device(f);
-    return with_family(f.family,
-                       [&](auto family) { return run<typename decltype(family)::type>(f, train, search, comm); });
+    return with_family(
+        f.family, [&](auto family) { return run<typename decltype(family)::type>(f, train, search, comm); });
   };
 #ifdef ADDITIVE_HAS_MPI
   if (std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr) {  // started by Open MPI's mpirun

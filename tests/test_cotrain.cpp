@@ -64,8 +64,8 @@ std::vector<std::vector<double>> cotrain(const std::vector<std::uint64_t>& masks
   std::vector<std::vector<double>> out(masks.size());
   if (stats) stats->assign(masks.size(), {});
   dist::run_threads(K, [&](dist::ThreadComm& comm) {
-    CoTrainer<cpu::MlpModel<Fam, double>, dist::ThreadComm> t(comm, small, FMask(masks[std::size_t(comm.rank())]), train,
-                                               co);
+    CoTrainer<cpu::MlpModel<Fam, double>, dist::ThreadComm> t(
+        comm, small, FMask(masks[std::size_t(comm.rank())]), train, co);
     for (std::size_t s = 0; s < lrs.size(); ++s)
       t.train_step(data, batch_of(std::int64_t(s), B, data.size()), lrs[s]);
     t.synchronize();
@@ -230,7 +230,8 @@ TEST_CASE("a mismatch of the setup between ranks is detected at start") {
   CHECK(mode.find("co-training setup differs between ranks") != std::string::npos);
   // Different masks are the point: no error.
   CHECK_NOTHROW(dist::run_threads(2, [&](dist::ThreadComm& comm) {
-    CoTrainer<cpu::MlpModel<Fam, double>, dist::ThreadComm> t(comm, small, FMask(comm.rank() ? 0x15 : 0x3f), TrainOptions{});
+    CoTrainer<cpu::MlpModel<Fam, double>, dist::ThreadComm> t(comm, small, FMask(comm.rank() ? 0x15 : 0x3f),
+                                                              TrainOptions{});
   }));
 }
 
@@ -240,8 +241,8 @@ TEST_CASE("a replica that diverges is detected by the checksum, naming the step"
   std::string message;
   try {
     dist::run_threads(3, [&](dist::ThreadComm& comm) {
-      CoTrainer<cpu::MlpModel<Fam, double>, dist::ThreadComm> t(comm, small, FMask(0x3f), TrainOptions{.batch = 6},
-                                                 CoTrainOptions{.checksum_every = 1});
+      CoTrainer<cpu::MlpModel<Fam, double>, dist::ThreadComm> t(
+          comm, small, FMask(0x3f), TrainOptions{.batch = 6}, CoTrainOptions{.checksum_every = 1});
       for (std::int64_t s = 0; s < 2; ++s) t.train_step(data, batch_of(s, 6, 40), 1e-2);
       if (comm.rank() == 1) t.params()[5] = std::nextafter(t.params()[5], 1e9);  // one ulp
       t.train_step(data, batch_of(2, 6, 40), 1e-2);
@@ -296,8 +297,8 @@ TEST_CASE("local-SGD fit(): a last partial period is synchronised, the replicas 
   std::vector<std::vector<double>> params(2);
   std::vector<CoTrainResult> results(2);
   dist::run_threads(2, [&](dist::ThreadComm& comm) {
-    CoTrainer<cpu::MlpModel<Fam, double>, dist::ThreadComm> t(comm, small, FMask(comm.rank() ? 0x15 : 0x3f), opts,
-                                               CoTrainOptions{.local_steps = 5});
+    CoTrainer<cpu::MlpModel<Fam, double>, dist::ThreadComm> t(comm, small, FMask(comm.rank() ? 0x15 : 0x3f),
+                                                              opts, CoTrainOptions{.local_steps = 5});
     results[std::size_t(comm.rank())] = t.fit(train, val);
     CHECK(t.in_sync());
     params[std::size_t(comm.rank())].assign(t.params().begin(), t.params().end());

@@ -49,7 +49,7 @@ std::vector<std::int64_t> batch_of(std::int64_t s, std::int64_t b, std::int64_t 
 template <class Comm>
 std::vector<double> train(Comm& comm, const TrainOptions& opts, const DatasetView& data) {
   CoTrainer<cpu::MlpModel<Fam, double>, Comm> t(comm, small, FMask(masks[comm.rank() % 4]), opts,
-                                 CoTrainOptions{.checksum_every = 1});
+                                                CoTrainOptions{.checksum_every = 1});
   for (std::int64_t s = 0; s < 4; ++s) t.train_step(data, batch_of(s, opts.batch, data.size()), 1e-2);
   t.verify_replicas();
   return {t.params().begin(), t.params().end()};

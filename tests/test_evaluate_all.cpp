@@ -171,8 +171,8 @@ void check_evaluate(std::uint64_t seed) {
   const std::span<const double> p(params);
   const auto masks = all_masks(F::gates);
 
-  const auto naive =
-      evaluate_structures<cpu::MlpModel<F, double>>(small, p, data, masks, {.chunk = 32, .method = EvalMethod::naive});
+  const auto naive = evaluate_structures<cpu::MlpModel<F, double>>(
+      small, p, data, masks, {.chunk = 32, .method = EvalMethod::naive});
   const auto tree = evaluate_structures<cpu::MlpModel<F, double>>(small, p, data, masks, {.chunk = 32});
   check_close(tree, naive);
 
@@ -187,10 +187,14 @@ void check_evaluate(std::uint64_t seed) {
   CHECK(losses.size() >= distinct_functions<F>(masks));
 
   // Threads: the backend's fixed tasks make this bitwise.
-  check_equal(evaluate_structures<cpu::MlpModel<F, double>>(small, p, data, masks, {.threads = 2, .chunk = 32}), tree);
+  check_equal(
+      evaluate_structures<cpu::MlpModel<F, double>>(small, p, data, masks, {.threads = 2, .chunk = 32}),
+      tree);
   // The tree's block size: bitwise too (83 samples: one block of 128, or 64 + 19).
-  check_equal(evaluate_structures<cpu::MlpModel<F, double>>(small, p, data, masks, {.chunk = 100, .tree_block = 64}),
-              evaluate_structures<cpu::MlpModel<F, double>>(small, p, data, masks, {.chunk = 100, .tree_block = 128}));
+  check_equal(
+      evaluate_structures<cpu::MlpModel<F, double>>(small, p, data, masks, {.chunk = 100, .tree_block = 64}),
+      evaluate_structures<cpu::MlpModel<F, double>>(small, p, data, masks,
+                                                    {.chunk = 100, .tree_block = 128}));
   // Chunk size: the samples are scored in different groups, the sums added in another order.
   check_close(evaluate_structures<cpu::MlpModel<F, double>>(small, p, data, masks, {.chunk = 7}), tree);
   check_close(evaluate_structures<cpu::MlpModel<F, double>>(small, p, data, masks, {.chunk = 1000}), tree);
@@ -202,7 +206,8 @@ void check_evaluate(std::uint64_t seed) {
   for (const auto b : subset) expect.push_back(tree[static_cast<std::size_t>(b)]);
   check_close(sub, expect);
   std::vector<std::uint64_t> reversed(masks.rbegin(), masks.rend());
-  auto rev = evaluate_structures<cpu::MlpModel<F, double>>(small, p, data, reversed, {.threads = 2, .chunk = 32});
+  auto rev =
+      evaluate_structures<cpu::MlpModel<F, double>>(small, p, data, reversed, {.threads = 2, .chunk = 32});
   std::reverse(rev.begin(), rev.end());
   check_close(rev, tree);
 }
@@ -246,12 +251,12 @@ TEST_CASE("evaluate_structures in float: prefix tree equals naive, for few and m
     const DatasetView data(ds);
     const auto pd = test::random_params<double>(mlp_layout(config, F::blocks), 32);
     const std::vector<float> pf(pd.begin(), pd.end());
-    const auto naive = evaluate_structures<cpu::MlpModel<F, float>>(config, std::span<const float>(pf), data, masks,
-                                                     {.chunk = 32, .method = EvalMethod::naive});
-    const auto tree =
-        evaluate_structures<cpu::MlpModel<F, float>>(config, std::span<const float>(pf), data, masks, {.chunk = 32});
-    const auto exact =
-        evaluate_structures<cpu::MlpModel<F, double>>(config, std::span<const double>(pd), data, masks, {.chunk = 32});
+    const auto naive = evaluate_structures<cpu::MlpModel<F, float>>(
+        config, std::span<const float>(pf), data, masks, {.chunk = 32, .method = EvalMethod::naive});
+    const auto tree = evaluate_structures<cpu::MlpModel<F, float>>(config, std::span<const float>(pf), data,
+                                                                   masks, {.chunk = 32});
+    const auto exact = evaluate_structures<cpu::MlpModel<F, double>>(config, std::span<const double>(pd),
+                                                                     data, masks, {.chunk = 32});
     REQUIRE(tree.size() == naive.size());
     for (std::size_t i = 0; i < tree.size(); ++i) {
       CHECK(std::abs(tree[i].loss - naive[i].loss) <= 1e-5 * naive[i].loss);
@@ -263,8 +268,8 @@ TEST_CASE("evaluate_structures in float: prefix tree equals naive, for few and m
     const std::vector<float> zero(pf.size(), 0.0f);
     const double label0 = double(std::count(ds.labels.begin(), ds.labels.end(), 0)) / double(ds.count);
     for (const auto method : {EvalMethod::prefix_tree, EvalMethod::naive}) {
-      const auto flat = evaluate_structures<cpu::MlpModel<F, float>>(config, std::span<const float>(zero), data, {0, 63},
-                                                      {.chunk = 32, .method = method});
+      const auto flat = evaluate_structures<cpu::MlpModel<F, float>>(
+          config, std::span<const float>(zero), data, {0, 63}, {.chunk = 32, .method = method});
       for (const auto& r : flat) {
         CHECK(r.loss == doctest::Approx(std::log(double(classes))).epsilon(1e-6));
         CHECK(r.accuracy == label0);

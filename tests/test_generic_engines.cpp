@@ -11,11 +11,12 @@
 #include <set>
 #include <vector>
 
-#include "additive/nn/model.hpp"
 #include "additive/exp/evaluate_all.hpp"
 #include "additive/exp/search.hpp"
 #include "additive/exp/stochastic.hpp"
 #include "additive/exp/train.hpp"
+#include "additive/nn/model.hpp"
+
 #include "test_support.hpp"
 #include "toy_model.hpp"
 
@@ -152,10 +153,12 @@ TEST_CASE("StructureSearch<M>: every toy structure, equivalent ones found, same 
     const auto g = ToyFamily::block(ToyFamily::mask_type(one.entries[i].mask), 0);
     CHECK(one.entries[i].cost.flops_per_sample ==
           ToyModel<float>::cost(config, ToyFamily::mask_type(one.entries[i].mask), 40).flops_per_sample);
-    if (!g.residual()) CHECK(one.entries[i].cost.flops_per_sample < one.entries[0].cost.flops_per_sample + 200);
+    if (!g.residual())
+      CHECK(one.entries[i].cost.flops_per_sample < one.entries[0].cost.flops_per_sample + 200);
   }
   // Each run is the Trainer's run with the same seed.
-  Trainer<ToyModel<float>> alone(config, ToyFamily::mask_type(one.entries[0].mask), train, {.progress = false});
+  Trainer<ToyModel<float>> alone(config, ToyFamily::mask_type(one.entries[0].mask), train,
+                                 {.progress = false});
   CHECK(alone.fit(d.train, d.val).epochs.back().val.accuracy == one.entries[0].acc_mean);
 }
 

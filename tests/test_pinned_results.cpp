@@ -52,15 +52,16 @@ nlohmann::json search_numbers(const Data& d) {
   const auto report = search.run(d.train, d.val, {}, false, nlohmann::json::object(), false);
   nlohmann::json out = nlohmann::json::array();
   for (const auto& e : report.entries)
-    out.push_back({{"mask", e.mask}, {"equivalent", e.equivalent}, {"acc", e.acc_mean}, {"loss", e.loss_mean}});
+    out.push_back(
+        {{"mask", e.mask}, {"equivalent", e.equivalent}, {"acc", e.acc_mean}, {"loss", e.loss_mean}});
   return out;
 }
 
 template <class T>
 nlohmann::json train_numbers(const Data& d, std::uint64_t mask, const TrainOptions& o,
                              std::optional<GatingOptions> gating = std::nullopt) {
-  Trainer<cpu::MlpModel<Branch, T>> trainer(model, Branch::mask_type(mask), o, RunOptions{.threads = 2, .progress = false},
-                             gating);
+  Trainer<cpu::MlpModel<Branch, T>> trainer(model, Branch::mask_type(mask), o,
+                                            RunOptions{.threads = 2, .progress = false}, gating);
   const auto r = trainer.fit(d.train, d.val);
   nlohmann::json epochs = nlohmann::json::array();
   for (const auto& e : r.epochs) epochs.push_back({e.train_loss, e.val.loss, e.val.accuracy});
@@ -75,12 +76,14 @@ nlohmann::json train_numbers(const Data& d, std::uint64_t mask, const TrainOptio
 nlohmann::json all_numbers() {
   const Data d;
   const TrainOptions adamw{.epochs = 2, .batch = 32, .lr = 5e-3, .seed = 3};
-  const TrainOptions sgd{.epochs = 2, .batch = 32, .optimizer = "sgd", .lr = 2e-2, .nesterov = true, .seed = 4};
+  const TrainOptions sgd{
+      .epochs = 2, .batch = 32, .optimizer = "sgd", .lr = 2e-2, .nesterov = true, .seed = 4};
   return {{"search", search_numbers(d)},
           {"train_float_adamw_0xad", train_numbers<float>(d, 0xad, adamw)},
           {"train_double_sgd_0x6d", train_numbers<double>(d, 0x6d, sgd)},
           {"gated_batch", train_numbers<float>(d, 0xff, adamw, GatingOptions{.p = 0.7})},
-          {"gated_sample", train_numbers<float>(d, 0xff, adamw, GatingOptions{.p = 0.8, .p_end = 0.5, .per_sample = true})}};
+          {"gated_sample",
+           train_numbers<float>(d, 0xff, adamw, GatingOptions{.p = 0.8, .p_end = 0.5, .per_sample = true})}};
 }
 
 /// Whether `where` names an accuracy: the search's "acc", or entry 2 of an epoch record.
@@ -103,7 +106,8 @@ void check_close(const nlohmann::json& a, const nlohmann::json& b, const std::st
     REQUIRE_MESSAGE(a.type() == b.type(), where);
     REQUIRE_MESSAGE(a.size() == b.size(), where, ": ", a.size(), " entries now, ", b.size(), " pinned");
     if (b.is_array())
-      for (std::size_t i = 0; i < b.size(); ++i) check_close(a[i], b[i], where + "[" + std::to_string(i) + "]", rel);
+      for (std::size_t i = 0; i < b.size(); ++i)
+        check_close(a[i], b[i], where + "[" + std::to_string(i) + "]", rel);
     else
       for (const auto& [k, v] : b.items()) {
         REQUIRE_MESSAGE(a.contains(k), where, ".", k);

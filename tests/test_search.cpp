@@ -55,8 +55,7 @@ TEST_CASE("candidates: every structure, or a seeded sample of distinct ones") {
   CHECK(std::is_sorted(a.begin(), a.end()));
   CHECK(a == b);
   CHECK(a != c);
-  CHECK_THROWS_WITH_AS(Search<Branch>(model, train, {.sample = 0}), doctest::Contains("empty"),
-                       InputError);
+  CHECK_THROWS_WITH_AS(Search<Branch>(model, train, {.sample = 0}), doctest::Contains("empty"), InputError);
   CHECK_THROWS_AS(Search<Default>(model, train, {.sample = 65}), InputError);
 }
 

@@ -62,7 +62,7 @@ struct Run {
 Run train(const Data& d, std::optional<GatingOptions> gating, int threads = 2,
           const TrainOptions& o = options) {
   FloatTrainer<F> t(model_config, F::mask_type::all(), o, RunOptions{.threads = threads, .progress = false},
-                      gating);
+                    gating);
   const auto r = t.fit(d.train, d.val);
   Run out{{t.params().begin(), t.params().end()}, {}};
   for (const auto& e : r.epochs) {
@@ -112,8 +112,8 @@ TEST_CASE("a gated run stopped and resumed ends bit-identical; other gating is r
           RunOptions{.threads = 2, .checkpoint = ckpt, .stop_after_steps = 7, .progress = false}, g);
       t.fit(d.train, d.val);
     }
-    FloatTrainer<F> t(model_config, F::mask_type::all(), options,
-                        RunOptions{.threads = 1, .progress = false}, g);
+    FloatTrainer<F> t(model_config, F::mask_type::all(), options, RunOptions{.threads = 1, .progress = false},
+                      g);
     t.resume(ckpt);
     CHECK(t.step() == 7);
     t.fit(d.train, d.val);
@@ -185,7 +185,7 @@ TEST_CASE("the engine evaluates every structure and compares with a search's res
     std::ofstream(results) << j.dump();
   }
   Gating<F> engine(model_config, options,
-                             StochasticOptions{.gating = {.p = 0.7}, .threads = 2, .progress = false});
+                   StochasticOptions{.gating = {.p = 0.7}, .threads = 2, .progress = false});
   const auto r = engine.run(d.train, d.val, results);
   REQUIRE(r.entries.size() == 256);
   CHECK(r.accuracy.count == 256);
@@ -204,8 +204,7 @@ TEST_CASE("the engine evaluates every structure and compares with a search's res
 
   // The same engine without gating noise: the dense structure of the gated model (p = 1) is
   // the dense model trained alone.
-  Gating<F> exact(model_config, options,
-                            StochasticOptions{.sample = 5, .threads = 1, .progress = false});
+  Gating<F> exact(model_config, options, StochasticOptions{.sample = 5, .threads = 1, .progress = false});
   const auto e = exact.run(d.train, d.val);
   CHECK(e.entries.size() == 5);
   REQUIRE(e.dense_alone);

@@ -102,7 +102,8 @@ class ToyModel {
     return MatView<const T>(logits_.data(), config_.classes, batch_);
   }
 
-  T forward(mask_type m, std::span<const T> params, MatView<const T> x, std::span<const std::int32_t> labels) {
+  T forward(mask_type m, std::span<const T> params, MatView<const T> x,
+            std::span<const std::int32_t> labels) {
     const Index d = config_.d, k = config_.classes;
     if (x.rows != config_.in_dim || static_cast<Index>(labels.size()) != x.cols || x.cols < 1)
       throw InputError("toy model: batch does not match the model");
@@ -143,7 +144,8 @@ class ToyModel {
       for (Index o = 0; o < k; ++o) {
         T acc = 0;
         for (int j = 0; j < 2; ++j)
-          for (Index i = 0; i < d; ++i) acc += W(params, o, i) * t_[static_cast<std::size_t>((2 * s + j) * d + i)];
+          for (Index i = 0; i < d; ++i)
+            acc += W(params, o, i) * t_[static_cast<std::size_t>((2 * s + j) * d + i)];
         z[o] = acc / 2 + params[c_offset() + static_cast<std::size_t>(o)];
       }
       T mx = *std::max_element(z, z + k);
@@ -180,8 +182,9 @@ class ToyModel {
           dy[static_cast<std::size_t>(j * d + i)] = dt * (1 - t * t);
         }
       const T* e = &e_[static_cast<std::size_t>(s * d)];
-      for (Index i = 0; i < d; ++i) de[static_cast<std::size_t>(i)] = dy[static_cast<std::size_t>(i)] +
-                                                                       dy[static_cast<std::size_t>(d + i)];
+      for (Index i = 0; i < d; ++i)
+        de[static_cast<std::size_t>(i)] =
+            dy[static_cast<std::size_t>(i)] + dy[static_cast<std::size_t>(d + i)];
       if (g.residual()) {
         for (int j = 0; j < 2; ++j)
           for (Index i = 0; i < d; ++i) {
@@ -214,7 +217,9 @@ class ToyModel {
   [[nodiscard]] std::size_t c_offset() const {
     return w_offset() + static_cast<std::size_t>(config_.classes * config_.d);
   }
-  T E(std::span<const T> p, Index i, Index c) const { return p[static_cast<std::size_t>(i * config_.in_dim + c)]; }
+  T E(std::span<const T> p, Index i, Index c) const {
+    return p[static_cast<std::size_t>(i * config_.in_dim + c)];
+  }
   T B(std::span<const T> p, int j, Index i, Index c) const {
     return p[b_offset() + static_cast<std::size_t>((j * config_.d + i) * config_.d + c)];
   }

@@ -73,8 +73,7 @@ DeviceJobRunner runner_for(const MlpConfig& model, const CudaDriverOptions& opti
 
 DeviceJobRunner cuda_search_runner(const std::string& family, const MlpConfig& model,
                                    const CudaDriverOptions& options) {
-  return with_family(family,
-                     [&](auto f) { return runner_for<typename decltype(f)::type>(model, options); });
+  return with_family(family, [&](auto f) { return runner_for<typename decltype(f)::type>(model, options); });
 }
 
 }  // namespace additive::examples

@@ -43,25 +43,24 @@ concept GateBlock = requires(const B b) {
 ///   (returned on the host), and dlogits = (softmax - onehot) / batch.
 /// - `counters().gemms`: logical GEMM calls, so that tests prove skipped work is skipped.
 template <class B>
-concept Backend =
-    std::floating_point<typename B::scalar_type> &&
+concept Backend = std::floating_point<typename B::scalar_type> &&
     requires(B b, MatView<typename B::scalar_type> c, MatView<const typename B::scalar_type> a,
              typename B::scalar_type s, const typename B::scalar_type* in, typename B::scalar_type* out,
              std::span<const std::int32_t> labels, bool accumulate) {
-      { b.counters().gemms } -> std::convertible_to<std::uint64_t>;
-      b.gemm_tn(c, a, a, s, s);
-      b.gemm_nn(c, a, a, s, s);
-      b.gemm_nt(c, a, a, s, s);
-      b.bias_gelu(c, in, c);
-      b.gelu_backward(a, a, c);
-      b.layernorm(a, in, in, c, out, out, s);
-      b.layernorm_backward(a, in, in, in, a, c, out, out);
-      b.add_row_sums(a, out);
-      b.residual_add(a, a, in, c);
-      b.add_bias(c, in);
-      b.axpby(a, s, c, accumulate);
-      b.fill(c, s);
-      { b.softmax_xent(a, labels, c) } -> std::same_as<typename B::scalar_type>;
-    };
+  { b.counters().gemms } -> std::convertible_to<std::uint64_t>;
+  b.gemm_tn(c, a, a, s, s);
+  b.gemm_nn(c, a, a, s, s);
+  b.gemm_nt(c, a, a, s, s);
+  b.bias_gelu(c, in, c);
+  b.gelu_backward(a, a, c);
+  b.layernorm(a, in, in, c, out, out, s);
+  b.layernorm_backward(a, in, in, in, a, c, out, out);
+  b.add_row_sums(a, out);
+  b.residual_add(a, a, in, c);
+  b.add_bias(c, in);
+  b.axpby(a, s, c, accumulate);
+  b.fill(c, s);
+  { b.softmax_xent(a, labels, c) } -> std::same_as<typename B::scalar_type>;
+};
 
 }  // namespace additive

@@ -39,9 +39,10 @@ inline constexpr std::uint64_t shuffle = 0x73687566666C6500ULL;  ///< "shuffle":
 inline constexpr std::uint64_t split = 0x76616C73706C6974ULL;    ///< "valsplit": validation split (k = n)
 inline constexpr std::uint64_t train = 0x747261696EULL;          ///< "train": a trainer's RNG (epoch seeds)
 inline constexpr std::uint64_t init = 0x696E6974ULL;             ///< "init": initial weights
-inline constexpr std::uint64_t gates = 0x6761746573ULL;          ///< "gates": stochastic gate draws (k = step)
-inline constexpr std::uint64_t sample = 0x73616D706C65ULL;       ///< "sample": a search's structure sample
-inline constexpr std::uint64_t probe = 0x70726F6265ULL;          ///< "probe": equivalence probes (k = 0 weights, 1 inputs)
+inline constexpr std::uint64_t gates = 0x6761746573ULL;     ///< "gates": stochastic gate draws (k = step)
+inline constexpr std::uint64_t sample = 0x73616D706C65ULL;  ///< "sample": a search's structure sample
+inline constexpr std::uint64_t probe =
+    0x70726F6265ULL;  ///< "probe": equivalence probes (k = 0 weights, 1 inputs)
 }  // namespace seed_domain
 
 /// The seed of the initial weights of a run with training seed `seed`: every structure

@@ -282,4 +282,3 @@ struct per_sample_model<cpu::MlpModel<F, T>> {
   using type = cpu::PerSampleMlp<F, T>;
 };
 }  // namespace additive
-

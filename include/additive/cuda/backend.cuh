@@ -257,6 +257,7 @@ class Backend {
   std::span<const T> master_;                          // the weights weights16_ was cast from
 };
 
-static_assert(additive::Backend<Backend<float>>, "cuda::Backend must offer every primitive of the Backend concept");
+static_assert(additive::Backend<Backend<float>>,
+              "cuda::Backend must offer every primitive of the Backend concept");
 
 }  // namespace additive::cuda

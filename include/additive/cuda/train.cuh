@@ -534,7 +534,6 @@ class Trainer {
   }
 
  private:
-
   struct Run {
     std::size_t offset = 0;
     std::size_t size = 0;

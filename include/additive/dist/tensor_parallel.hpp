@@ -73,7 +73,8 @@ void for_each_shard_run(const MlpConfig& c, int blocks, int shards, int j, bool 
       for (std::size_t k = a + 1; k < f.shape.size(); ++k) inner *= static_cast<std::size_t>(f.shape[k]);
       const auto extent = static_cast<std::size_t>(f.shape[a]);
       const std::size_t run = extent / static_cast<std::size_t>(shards) * inner;
-      for (std::size_t o = 0; o < outer; ++o) copy(f.offset + o * extent * inner + ju * run, l.offset + o * run, run);
+      for (std::size_t o = 0; o < outer; ++o)
+        copy(f.offset + o * extent * inner + ju * run, l.offset + o * run, run);
     } else if (replicated) {
       copy(f.offset, l.offset, f.size);
     }

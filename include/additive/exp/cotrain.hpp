@@ -587,8 +587,8 @@ class CoTrainer {
     stats_.seconds = scalars[9];
     resumed_from_ = path;
   }
- private:
 
+ private:
   using AnyOptimizer = std::variant<AdamW<T>, Sgd<T>>;
 
   static AnyOptimizer make_optimizer(const ParamLayout& layout, const TrainOptions& o) {

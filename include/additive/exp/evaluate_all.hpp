@@ -22,7 +22,6 @@
 
 namespace additive {
 
-
 struct StructureEval {
   std::uint64_t mask = 0;
   double loss = 0;
@@ -76,7 +75,8 @@ void count_correct(MatView<const T> logits, std::span<const std::int32_t> labels
 template <HostModel M>
 std::vector<StructureEval> evaluate_structures(const typename M::config_type& config,
                                                std::span<const typename M::scalar_type> params,
-                                               const DatasetView& data, const std::vector<std::uint64_t>& masks,
+                                               const DatasetView& data,
+                                               const std::vector<std::uint64_t>& masks,
                                                const EvalAllOptions& options = {}) {
   using T = typename M::scalar_type;
   using mask_type = typename M::mask_type;
@@ -107,7 +107,8 @@ std::vector<StructureEval> evaluate_structures(const typename M::config_type& co
       forest.emplace(config, masks, options.threads);
       forest->keep_logits(false);  // only the scores are needed
       // Throws InputError unless a positive multiple of 64.
-      forest->set_block_cols(options.tree_block > 0 ? options.tree_block : cpu::column_task * options.threads);
+      forest->set_block_cols(options.tree_block > 0 ? options.tree_block
+                                                    : cpu::column_task * options.threads);
     }
   }
 

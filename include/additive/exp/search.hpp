@@ -393,8 +393,8 @@ class StructureSearch {
         ++runs_trained_;
         epochs_trained_ += j.epochs;
         if (!results.empty()) save(results, settings_json, groups, nullptr);
-        bar.update(++done,
-                   fmt::format("last {} {:.2f}%", family::to_string(mask_type(rec.mask)), 100 * rec.val_accuracy));
+        bar.update(++done, fmt::format("last {} {:.2f}%", family::to_string(mask_type(rec.mask)),
+                                       100 * rec.val_accuracy));
       });
       return;
     }

@@ -183,8 +183,8 @@ class Trainer {
   /// With `gating`, the training steps draw their structures (see GatingOptions) and
   /// `mask` is the structure the per-epoch validation evaluates. Per-sample gating needs a
   /// PerSampleModel (else InputError).
-  Trainer(const config_type& model_config, mask_type mask, const TrainOptions& train, const RunOptions& run = {},
-          std::optional<GatingOptions> gating = std::nullopt)
+  Trainer(const config_type& model_config, mask_type mask, const TrainOptions& train,
+          const RunOptions& run = {}, std::optional<GatingOptions> gating = std::nullopt)
       : model_config_(model_config),
         mask_(mask),
         train_(train),

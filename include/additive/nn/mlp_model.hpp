@@ -120,7 +120,8 @@ class BasicMlpModel {
   [[nodiscard]] std::vector<std::pair<std::size_t, std::size_t>> ready_ranges() const {
     std::vector<std::size_t> starts;  // of the embedding, block 0 .. L-1, the final norm
     starts.push_back(0);
-    for (int l = 0; l < L; ++l) starts.push_back(layout_.find("blocks." + std::to_string(l) + ".norm.weight").offset);
+    for (int l = 0; l < L; ++l)
+      starts.push_back(layout_.find("blocks." + std::to_string(l) + ".norm.weight").offset);
     starts.push_back(layout_.find("final_norm.weight").offset);
     std::vector<std::pair<std::size_t, std::size_t>> ranges;
     ranges.emplace_back(starts.back(), layout_.total());

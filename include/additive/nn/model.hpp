@@ -64,27 +64,26 @@ struct IgnoreReady {
 ///   engine can cut its all-reduce buckets without knowing the family's tensors.
 /// - `logits()`: (classes, batch) of the last forward, for accuracy and per-sample losses.
 template <class M>
-concept Model =
-    Family<typename M::family> && std::floating_point<typename M::scalar_type> &&
+concept Model = Family<typename M::family> && std::floating_point<typename M::scalar_type> &&
     std::same_as<typename M::mask_type, typename M::family::mask_type> &&
     std::equality_comparable<typename M::config_type> &&
     requires(M& m, const M& cm, const typename M::config_type& config, typename M::mask_type mask,
              std::span<const typename M::scalar_type> params, std::span<typename M::scalar_type> grads,
              MatView<const typename M::scalar_type> x, std::span<const std::int32_t> labels,
              detail::IgnoreReady on_ready) {
-      { nlohmann::json(config) };
-      { cm.config() } -> std::same_as<const typename M::config_type&>;
-      { cm.layout() } -> std::same_as<const ParamLayout&>;
-      M::init_params(config, std::uint64_t{}, grads);
-      { M::cost(config, mask, Index{}) } -> std::same_as<StructureCost>;
-      { cm.input_dim() } -> std::convertible_to<Index>;
-      { cm.num_classes() } -> std::convertible_to<Index>;
-      { m.forward(mask, params, x, labels) } -> std::same_as<typename M::scalar_type>;
-      m.backward(params, grads);
-      m.backward(params, grads, on_ready);
-      { cm.ready_ranges() } -> std::same_as<std::vector<std::pair<std::size_t, std::size_t>>>;
-      { cm.logits() } -> std::same_as<MatView<const typename M::scalar_type>>;
-    };
+  {nlohmann::json(config)};
+  { cm.config() } -> std::same_as<const typename M::config_type&>;
+  { cm.layout() } -> std::same_as<const ParamLayout&>;
+  M::init_params(config, std::uint64_t{}, grads);
+  { M::cost(config, mask, Index{}) } -> std::same_as<StructureCost>;
+  { cm.input_dim() } -> std::convertible_to<Index>;
+  { cm.num_classes() } -> std::convertible_to<Index>;
+  { m.forward(mask, params, x, labels) } -> std::same_as<typename M::scalar_type>;
+  m.backward(params, grads);
+  m.backward(params, grads, on_ready);
+  { cm.ready_ranges() } -> std::same_as<std::vector<std::pair<std::size_t, std::size_t>>>;
+  { cm.logits() } -> std::same_as<MatView<const typename M::scalar_type>>;
+};
 
 /// A model the CPU engines can build for themselves: from its config and a thread count
 /// (the search trains many structures at once, each single-threaded).
@@ -97,8 +96,9 @@ template <class M, class U>
 using rebind_scalar_t = typename M::template rebind<U>;
 
 template <class M>
-concept RebindableModel = HostModel<M> && requires { typename M::template rebind<double>; } &&
-                          HostModel<rebind_scalar_t<M, double>>;
+concept RebindableModel = HostModel<M> && requires {
+  typename M::template rebind<double>;
+} && HostModel<rebind_scalar_t<M, double>>;
 
 /// Per-sample gating (experiment 3 with one structure per sample): a family that offers
 /// it names, through this trait, the class that runs a batch whose samples each have
@@ -113,15 +113,17 @@ using per_sample_model_t = typename per_sample_model<M>::type;
 /// `forward(masks, params, x, labels)` with one mask per column returns the mean loss, and
 /// `backward(params, grads)` has M's (=) contract.
 template <class M>
-concept PerSampleModel =
-    HostModel<M> && requires { typename per_sample_model<M>::type; } &&
-    std::constructible_from<per_sample_model_t<M>, const typename M::config_type&, int> &&
-    requires(per_sample_model_t<M>& p, std::span<const typename M::mask_type> masks,
-             std::span<const typename M::scalar_type> params, std::span<typename M::scalar_type> grads,
-             MatView<const typename M::scalar_type> x, std::span<const std::int32_t> labels) {
-      { p.forward(masks, params, x, labels) } -> std::same_as<typename M::scalar_type>;
-      p.backward(params, grads);
-    };
+concept PerSampleModel = HostModel<M> && requires {
+  typename per_sample_model<M>::type;
+} && std::constructible_from < per_sample_model_t<M>,
+const typename M::config_type&,
+    int > &&requires(per_sample_model_t<M>& p, std::span<const typename M::mask_type> masks,
+                     std::span<const typename M::scalar_type> params,
+                     std::span<typename M::scalar_type> grads, MatView<const typename M::scalar_type> x,
+                     std::span<const std::int32_t> labels) {
+  { p.forward(masks, params, x, labels) } -> std::same_as<typename M::scalar_type>;
+  p.backward(params, grads);
+};
 
 /// A family's fast path for evaluating many structures on the same weights (the MLP's
 /// prefix tree): specialised next to it as `using type = Evaluator;`, where Evaluator is
@@ -130,6 +132,8 @@ template <class M>
 struct all_structure_evaluator {};
 
 template <class M>
-concept HasAllStructureEvaluator = requires { typename all_structure_evaluator<M>::type; };
+concept HasAllStructureEvaluator = requires {
+  typename all_structure_evaluator<M>::type;
+};
 
 }  // namespace additive

@@ -39,10 +39,10 @@ struct AdamWScalars {
     const double td = static_cast<double>(t);
     const double bc1 = 1.0 - std::pow(c.beta1, td);
     const double bc2 = 1.0 - std::pow(c.beta2, td);
-    return {static_cast<T>(c.beta1),    static_cast<T>(1.0 - c.beta1),
-            static_cast<T>(c.beta2),    static_cast<T>(1.0 - c.beta2),
-            static_cast<T>(lr / bc1),   static_cast<T>(std::sqrt(bc2)),
-            static_cast<T>(c.eps),      static_cast<T>(1.0 - lr * c.weight_decay)};
+    return {static_cast<T>(c.beta1),  static_cast<T>(1.0 - c.beta1),
+            static_cast<T>(c.beta2),  static_cast<T>(1.0 - c.beta2),
+            static_cast<T>(lr / bc1), static_cast<T>(std::sqrt(bc2)),
+            static_cast<T>(c.eps),    static_cast<T>(1.0 - lr * c.weight_decay)};
   }
 };
 
