@@ -42,17 +42,6 @@ struct EvalAllOptions {
 
 namespace detail {
 
-/// M's all-structure evaluator, or a placeholder for models without one.
-struct NoEvaluator {};
-template <class M, bool = HasAllStructureEvaluator<M>>
-struct EvaluatorOrNone {
-  using type = NoEvaluator;
-};
-template <class M>
-struct EvaluatorOrNone<M, true> {
-  using type = typename all_structure_evaluator<M>::type;
-};
-
 /// Adds the number of samples whose first largest logit is their label.
 template <class T>
 void count_correct(MatView<const T> logits, std::span<const std::int32_t> labels, std::int64_t& correct) {
@@ -99,7 +88,7 @@ std::vector<StructureEval> evaluate_structures(const typename M::config_type& co
   std::vector<mask_type> ms;
   for (const auto b : masks) ms.push_back(mask_type(b));  // throws InputError on bits beyond the gates
 
-  using Evaluator = typename detail::EvaluatorOrNone<M>::type;
+  using Evaluator = capability_or_none_t<all_structure_evaluator, M>;
   std::optional<Evaluator> forest;
   if constexpr (HasAllStructureEvaluator<M>) {
     if (tree) {

@@ -156,19 +156,6 @@ struct TrainResult {
   double samples_per_second = 0;  ///< training throughput of this run (not counting evaluation)
 };
 
-namespace detail {
-/// The per-sample path of M, or a placeholder for models without one.
-struct NoPerSample {};
-template <class M, bool = PerSampleModel<M>>
-struct PerSampleOrNone {
-  using type = NoPerSample;
-};
-template <class M>
-struct PerSampleOrNone<M, true> {
-  using type = per_sample_model_t<M>;
-};
-}  // namespace detail
-
 /// Trains one structure of a model M (a HostModel: built from its config and a thread
 /// count), for example cpu::MlpModel<F, float>.
 template <HostModel M>
@@ -387,7 +374,7 @@ class Trainer {
   }
 
  private:
-  using PerSample = typename detail::PerSampleOrNone<M>::type;
+  using PerSample = capability_or_none_t<per_sample_model, M>;
 
   /// The forward pass of one training step: the fixed structure, or the drawn ones.
   T forward_step(MatView<const T> xv, std::span<const std::int32_t> y, std::int64_t total) {

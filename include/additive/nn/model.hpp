@@ -136,4 +136,19 @@ concept HasAllStructureEvaluator = requires {
   typename all_structure_evaluator<M>::type;
 };
 
+/// The type an optional capability's trait names for M (Trait<M>::type), or NoCapability
+/// where M lacks it: lets an engine hold a member for a capability it may not use.
+struct NoCapability {};
+template <template <class> class Trait, class M>
+struct capability_or_none {
+  using type = NoCapability;
+};
+template <template <class> class Trait, class M>
+requires requires { typename Trait<M>::type; }
+struct capability_or_none<Trait, M> {
+  using type = typename Trait<M>::type;
+};
+template <template <class> class Trait, class M>
+using capability_or_none_t = typename capability_or_none<Trait, M>::type;
+
 }  // namespace additive
