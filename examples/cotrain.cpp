@@ -61,6 +61,7 @@ struct Flags {
   std::int64_t h = 512;
   std::int64_t seed = 0;
   bool quiet = false;
+  double comm_timeout = 300;
 };
 
 nlohmann::json read_json(const std::filesystem::path& path, const char* what) {
@@ -385,7 +386,8 @@ int run(const Flags& f, Setup s, int mpi_rank, int mpi_size, void* mpi_comm) {
 #endif
   } else {
     dist::run_threads(
-        workers, [&](dist::ThreadComm& comm) { run_rank<F>(comm, s, plan, d, progress, params, result); });
+        workers, [&](dist::ThreadComm& comm) { run_rank<F>(comm, s, plan, d, progress, params, result); },
+        additive::flags::comm_timeout(f.comm_timeout, true));
   }
   if (!result.finished) {
     std::printf("stopped after step %lld (checkpoint %s)\n", static_cast<long long>(result.steps),
@@ -461,6 +463,7 @@ int main(int argc, char** argv) {
                  "stop after this many steps in total, as if interrupted")
       ->check(within<std::int64_t>(0, big));
   app.add_flag("--quiet", f.quiet, "no progress bar");
+  additive::flags::add_comm_timeout_option(app, f.comm_timeout);
   std::string device = "cpu";
   app.add_option("--device", device, "cpu (--device cuda: the train and search drivers)")
       ->capture_default_str()
@@ -483,6 +486,7 @@ int main(int argc, char** argv) {
 #ifdef ADDITIVE_HAS_MPI
     dist::MpiEnvironment env(argc, argv);
     auto comm = dist::MpiComm::world();
+    comm.set_timeout(additive::flags::comm_timeout(f.comm_timeout, false));
     try {
       return dispatch(f, s, comm.rank(), comm.size(), &comm);
     } catch (const std::exception& e) {

@@ -5,8 +5,11 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -208,6 +211,23 @@ inline void add_data_options(CLI::App& app, std::string& data, std::int64_t& val
   app.add_option("--limit", limit, "training samples used (0: all)")
       ->capture_default_str()
       ->check(within<std::int64_t>(0, big));
+}
+
+/// --comm-timeout: how long a rank waits in one collective (an all-reduce, a broadcast,
+/// a barrier) for the others before the job ends with a line naming the late ranks.
+inline void add_comm_timeout_option(CLI::App& app, double& seconds) {
+  app.add_option("--comm-timeout", seconds,
+                 "seconds a rank (MPI process or thread) waits in one collective for the others before "
+                 "the job ends naming the late ranks (0: for ever)")
+      ->capture_default_str()
+      ->check(within(0.0, 1e6));
+}
+
+/// The --comm-timeout value as a duration: 0 (no deadline) stays 0 for MPI; thread groups
+/// need a positive one and get a year.
+inline std::chrono::milliseconds comm_timeout(double seconds, bool threads) {
+  if (seconds <= 0) return threads ? std::chrono::hours(24 * 365) : std::chrono::milliseconds(0);
+  return std::chrono::milliseconds(std::max<std::int64_t>(1, std::llround(seconds * 1000.0)));
 }
 
 /// --d, --h: the widths of a model of `shards` shards (h must split into them).

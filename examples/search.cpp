@@ -54,6 +54,7 @@ struct Flags {
   bool no_graphs = false;
   std::string precision = "fp32";
   int concurrent = 0;
+  double comm_timeout = 300;
 };
 
 /// --device cuda is possible here: this build has the CUDA backend and the machine a GPU.
@@ -214,6 +215,7 @@ int main(int argc, char** argv) {
   app.add_option("--concurrent", f.concurrent, "cuda: structures trained at once (0: all of a round)")
       ->capture_default_str()
       ->check(within(0, 4096));
+  additive::flags::add_comm_timeout_option(app, f.comm_timeout);
   if (const int code = additive::flags::parse(app, argc, argv); code >= 0) return code;
   auto dispatch = [&](auto& comm) {
     check_device(f);
@@ -224,6 +226,7 @@ int main(int argc, char** argv) {
   if (std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr) {  // started by Open MPI's mpirun
     dist::MpiEnvironment env(argc, argv);
     auto comm = dist::MpiComm::world();
+    comm.set_timeout(additive::flags::comm_timeout(f.comm_timeout, false));
     try {
       return dispatch(comm);
     } catch (const InputError& e) {

@@ -7,6 +7,7 @@
 // tests/cli/mpi_fault.sh (skipped here).
 #include <doctest/doctest.h>
 
+#include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
@@ -17,6 +18,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "additive/dist/communicator.hpp"
@@ -207,23 +209,49 @@ TEST_CASE("an MPI error status becomes CommError with MPI's error string") {
 //   exit   std::_Exit(0) without MPI_Finalize
 //   kill   SIGKILL to itself (a rank killed mid-run)
 //   throw  an exception, handled as a driver should: "error: ..." then MpiComm::abort
+//   stop   SIGSTOP to itself (a hung node): the others' deadline (2 s) passes, each
+//          throws CommTimeout naming the stopped rank, prints it and aborts the job
 TEST_CASE("fault injection (run by tests/cli/mpi_fault.sh)" * doctest::skip()) {
   const char* mode = std::getenv("ADDITIVE_MPI_FAULT");
   REQUIRE(mode != nullptr);
+  const std::string m = mode;
   MpiComm comm = MpiComm::world();
+  comm.set_timeout(std::chrono::seconds(2));
   std::vector<float> x(1000, 1.0f);
   comm.all_reduce_sum(std::span<float>(x));
-  if (comm.rank() == comm.size() - 1) {
-    const std::string m = mode;
-    if (m == "exit") std::_Exit(0);
-    if (m == "kill") std::raise(SIGKILL);
-    try {
+  try {
+    if (comm.rank() == comm.size() - 1) {
+      if (m == "exit") std::_Exit(0);
+      if (m == "kill") std::raise(SIGKILL);
+      if (m == "stop") {
+        std::raise(SIGSTOP);
+        for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));  // until mpirun kills it
+      }
       throw std::runtime_error("simulated failure");
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "error: rank %d: %s\n", comm.rank(), e.what());
-      comm.abort(2);
     }
+    comm.all_reduce_sum(std::span<float>(x));  // never completes
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: rank %d: %s\n", comm.rank(), e.what());
+    comm.abort(2);
   }
-  comm.all_reduce_sum(std::span<float>(x));  // never completes
   FAIL("rank " << comm.rank() << " completed an all-reduce with a dead rank");
+}
+
+TEST_CASE("a rank late by less than the timeout is waited for; the timeout is per communicator") {
+  MpiComm comm = MpiComm::world();
+  CHECK(comm.timeout() == dist::default_mpi_timeout);
+  comm.set_timeout(std::chrono::seconds(5));
+  CHECK_THROWS_AS(comm.set_timeout(std::chrono::milliseconds(-1)), CommError);
+  MpiComm sub = comm.split(0, comm.rank());
+  CHECK(sub.timeout() == std::chrono::seconds(5));
+  std::vector<double> x(3, 1.0);
+  if (comm.rank() == comm.size() - 1) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  comm.all_reduce_sum(std::span<double>(x));
+  CHECK(x[0] == static_cast<double>(comm.size()));
+  if (comm.rank() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  comm.barrier();
+  double b = comm.rank() == 0 ? 7.0 : 0.0;
+  if (comm.rank() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  sub.broadcast(std::span<double>(&b, 1), 0);
+  CHECK(b == 7.0);
 }

@@ -8,6 +8,8 @@
 #   kill   it is killed (SIGKILL)              mpiexec: "process rank 2 ... exited on signal 9"
 #   throw  it throws; the driver pattern       "error: rank 2: simulated failure", MPI_ABORT
 #          (print "error: ...", MpiComm::abort) ends the job with the driver's code 2
+#   stop   it stops (SIGSTOP, as a hung node): the others' 2 s deadline passes, every
+#          live rank prints the CommTimeout line naming rank 2, and the job ends with 2
 # Each run is wrapped in `timeout`, so a regression is a failure after BOUND seconds, not
 # a stuck CI job.
 set -u -o pipefail
@@ -43,6 +45,7 @@ run_fault() {
     "$TEST_BIN" --no-skip --test-case='fault injection*' >"$WORK/out" 2>&1 || rc=$?
   end=$(date +%s%N)
   local ms=$(((end - start) / 1000000))
+  last_ms=$ms
   local -a problems=()
   # timeout's own codes (124, or 137 after -k) come with an elapsed time >= BOUND.
   if ((ms >= BOUND * 1000)); then problems+=("still running after ${BOUND} s: killed by timeout (exit $rc)"); fi
@@ -68,6 +71,10 @@ run_fault kill nonzero "process rank 2" "exited on signal 9"
 # banner is not checked: mpirun sometimes loses it while tearing the job down
 # ("ORTE_ERROR_LOG: Out of resource in file .../show_help.c"), seen about 1 run in 10.
 run_fault throw 2 "error: rank 2: simulated failure"
+# 2 s deadline + 2 s of listening for the other ranks' notices + tear-down: about 4.5 s.
+run_fault stop 2 "error: rank 0: MPI all-reduce #2 did not complete: rank(s) 2 did not reach it" \
+  "error: rank 1: MPI all-reduce #2 did not complete: rank(s) 2 did not reach it"
+if ((last_ms > 15000)); then fail "stop: the job took $last_ms ms, more than the 2 s deadline + 13 s"; fi
 
 echo "$PASSED passed, $FAILED failed"
 [[ $FAILED -eq 0 ]]
