@@ -656,8 +656,10 @@ class Trainer {
     for (std::int64_t b = folded_; b < upto; ++b) {
       const T loss = host_losses_[static_cast<std::size_t>(b)];
       if (!std::isfinite(static_cast<double>(loss)))
-        throw InputError(fmt::format(fmt::runtime("training diverged: loss is {} at step {} (lower --lr?)"),
-                                     double(loss), epoch_first_step_ + b));
+        throw InputError(fmt::format(
+            fmt::runtime("training diverged: loss is {} at step {} ({})"), double(loss), epoch_first_step_ + b,
+            resumed_from_.empty() ? std::string("lower --lr?")
+                                  : fmt::format(fmt::runtime("resumed from checkpoint '{}'"), resumed_from_.string())));
       epoch_loss_sum_ += double(loss);
     }
     folded_ = upto;
