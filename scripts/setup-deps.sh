@@ -17,6 +17,7 @@ packages=(
   libopenblas-pthread-dev libopenblas0-pthread
   dataset-fashion-mnist
   python3-venv python3-pip
+  clang libclang-rt-dev
 )
 
 say() { printf '[setup-deps] %s\n' "$*"; }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test run (CI's and the README's): system packages, a Python virtualenv for the
-# interop tests, then configure + build + ctest with the cpu-release preset and, unless
-# ADDITIVE_SKIP_SANITIZE=1, with the cpu-debug preset (ASan + UBSan; its test preset skips
-# tests labelled `slow` or `pinned` and the packaging tests).
+# interop tests, then configure + build + ctest with the cpu-release preset, the fuzz
+# targets for a short fixed number of runs each (unless ADDITIVE_SKIP_FUZZ=1 or there is
+# no clang++) and, unless ADDITIVE_SKIP_SANITIZE=1, with the cpu-debug preset (ASan +
+# UBSan; its test preset skips tests labelled `slow` or `pinned` and the packaging tests).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -57,6 +58,19 @@ else
     $(cd "$root/benchmarks" && ls *.cu 2>/dev/null | sed 's/\.cu$//')
   stage "test (cuda-release: label cuda; skips without a GPU)"
   ctest --preset cuda-release -L cuda
+fi
+
+# The fuzz targets of the file readers (docs/fuzzing.md): built by clang with libFuzzer,
+# ASan and UBSan in their own tree (preset fuzz, build/fuzz), each run for a fixed number
+# of executions from its seed corpus (the seeds also run as ordinary tests, label
+# fuzz-corpus, in both presets). ADDITIVE_FUZZ_RUNS changes the count.
+if [ "${ADDITIVE_SKIP_FUZZ:-0}" = "1" ]; then
+  stage "fuzz skipped: ADDITIVE_SKIP_FUZZ=1"
+elif ! command -v clang++ >/dev/null; then
+  stage "fuzz skipped: no clang++ on this machine"
+else
+  stage "fuzz (preset fuzz: clang, libFuzzer + ASan + UBSan; ${ADDITIVE_FUZZ_RUNS:-20000} runs per target)"
+  bash scripts/fuzz.sh --runs "${ADDITIVE_FUZZ_RUNS:-20000}"
 fi
 
 if [ "${ADDITIVE_SKIP_SANITIZE:-0}" = "1" ]; then

@@ -124,24 +124,45 @@ inline nlohmann::json::parser_callback_t depth_guard(const std::string& where, i
   };
 }
 
+/// Runs `parse` (an nlohmann::json::parse), turning its out_of_range (a number literal
+/// beyond the range of a double, such as 1e999: nlohmann throws out_of_range.406, not
+/// parse_error) into an InputError naming `where`. Found by fuzz/fuzz_results.cpp.
+template <class Parse>
+nlohmann::json parse_json_numbers_in_range(const std::string& where, Parse&& parse) {
+  try {
+    return parse();
+  } catch (const nlohmann::json::out_of_range& e) {
+    std::string_view what = e.what();  // "... number overflow parsing '<token>'"
+    const auto open = what.find('\'');
+    what = open == std::string_view::npos ? what : what.substr(open + 1);
+    if (!what.empty() && what.back() == '\'') what.remove_suffix(1);
+    throw InputError(where + " holds a number beyond the range of a double (" + printable(what, echo_limit) +
+                     ")");
+  }
+}
+
 }  // namespace detail
 
 /// Parses `text` as JSON nested at most `max_depth` levels. Deeper nesting is an
 /// InputError "<where> nests JSON arrays and objects more than 64 levels deep" (`where`
-/// names the input: "results file 'r.json'"); malformed JSON throws
-/// nlohmann::json::parse_error as nlohmann::json::parse does, for the caller to word.
-/// `also`, if set, is called for every parse event as nlohmann's parser callback.
+/// names the input: "results file 'r.json'"), and so is a number beyond the range of a
+/// double, "<where> holds a number beyond the range of a double (1e999)"; malformed JSON
+/// throws nlohmann::json::parse_error as nlohmann::json::parse does, for the caller to
+/// word. `also`, if set, is called for every parse event as nlohmann's parser callback.
 inline nlohmann::json parse_json_limited(std::string_view text, const std::string& where,
                                          const nlohmann::json::parser_callback_t& also = nullptr,
                                          int max_depth = json_max_depth) {
-  return nlohmann::json::parse(text.begin(), text.end(), detail::depth_guard(where, max_depth, also));
+  return detail::parse_json_numbers_in_range(where, [&] {
+    return nlohmann::json::parse(text.begin(), text.end(), detail::depth_guard(where, max_depth, also));
+  });
 }
 
 /// The same, reading a stream to its end.
 inline nlohmann::json parse_json_limited(std::istream& in, const std::string& where,
                                          const nlohmann::json::parser_callback_t& also = nullptr,
                                          int max_depth = json_max_depth) {
-  return nlohmann::json::parse(in, detail::depth_guard(where, max_depth, also));
+  return detail::parse_json_numbers_in_range(
+      where, [&] { return nlohmann::json::parse(in, detail::depth_guard(where, max_depth, also)); });
 }
 
 }  // namespace additive
