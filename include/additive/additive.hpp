@@ -1,6 +1,7 @@
 // additive: the umbrella header. Structures as types (core/), the MLP family (nn/), the
 // Eigen CPU backend (cpu/), optimizers (optim/), data (data/), checkpoints (io/), the
-// in-process collectives and tensor parallelism (dist/) and the experiment engines (exp/).
+// in-process collectives and tensor parallelism (dist/), the experiment engines (exp/) and
+// the statistics of a search (stats/).
 // Not included, since they need more than the additive target links: MPI
 // (dist/mpi_comm.hpp: link MPI::MPI_CXX) and CUDA (cuda/, dist/nccl_*.cuh).
 #pragma once
@@ -53,3 +54,8 @@
 #include "additive/report/histogram.hpp"
 #include "additive/report/svg.hpp"
 #include "additive/report/table.hpp"
+#include "additive/stats/descriptive.hpp"
+#include "additive/stats/distributions.hpp"
+#include "additive/stats/gate_effects.hpp"
+#include "additive/stats/paired.hpp"
+#include "additive/stats/runs.hpp"

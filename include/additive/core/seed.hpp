@@ -43,6 +43,8 @@ inline constexpr std::uint64_t gates = 0x6761746573ULL;     ///< "gates": stocha
 inline constexpr std::uint64_t sample = 0x73616D706C65ULL;  ///< "sample": a search's structure sample
 inline constexpr std::uint64_t probe =
     0x70726F6265ULL;  ///< "probe": equivalence probes (k = 0 weights, 1 inputs)
+inline constexpr std::uint64_t resample =
+    0x726573616D706C65ULL;  ///< "resample": bootstrap resamples of the statistics (k = replicate)
 }  // namespace seed_domain
 
 /// The seed of the initial weights of a run with training seed `seed`: every structure
