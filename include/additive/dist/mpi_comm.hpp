@@ -88,7 +88,8 @@ inline constexpr std::chrono::milliseconds default_mpi_timeout{std::chrono::seco
 /// behind). what() names the collective, the deadline and the late ranks.
 class CommTimeout : public CommError {
  public:
-  CommTimeout(std::string message, std::vector<int> late) : CommError(std::move(message)), late_(std::move(late)) {}
+  CommTimeout(std::string message, std::vector<int> late)
+      : CommError(std::move(message)), late_(std::move(late)) {}
   /// The ranks that sent no notice within the grace period (ascending).
   const std::vector<int>& late_ranks() const noexcept { return late_; }
 
@@ -272,9 +273,9 @@ class MpiComm {
     ADDITIVE_MPI_CHECK(start(&request));
     using Clock = std::chrono::steady_clock;
     const auto begin = Clock::now();
-    auto next_listen = begin;
+    auto next_listen = begin + std::chrono::milliseconds(10);
     std::chrono::microseconds nap{0};
-    for (std::int64_t polls = 0;; ++polls) {
+    for (;;) {
       int done = 0;
       ADDITIVE_MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
       if (done) return;
@@ -287,7 +288,7 @@ class MpiComm {
         next_listen = now + std::chrono::milliseconds(10);
       }
       if (timeout_.count() > 0 && now - begin >= timeout_) stalled(what, now - begin);
-      if (polls < 10000) continue;
+      if (now - begin < hot_wait) continue;
       nap = std::min(std::chrono::microseconds(1000), nap + std::chrono::microseconds(10));
       std::this_thread::sleep_for(nap);
     }
@@ -338,8 +339,10 @@ class MpiComm {
     }
     char times[96];
     std::snprintf(times, sizeof times, "rank %d waited %.1f s, timeout %g s", rank_,
-                  std::chrono::duration<double>(waited).count(), static_cast<double>(timeout_.count()) / 1000.0);
-    std::string message = "MPI " + std::string(what) + " #" + std::to_string(sequence_) + " did not complete: " +
+                  std::chrono::duration<double>(waited).count(),
+                  static_cast<double>(timeout_.count()) / 1000.0);
+    std::string message = "MPI " + std::string(what) + " #" + std::to_string(sequence_) +
+                          " did not complete: " +
                           (late.empty() ? std::string("every rank reported waiting")
                                         : "rank(s) " + late_list + " did not reach it") +
                           " (" + times + "; ranks waiting: " + waiting_list + ")";
@@ -354,6 +357,10 @@ class MpiComm {
       done += n;
     }
   }
+
+  /// How long a collective is polled without pause (as MPI's blocking calls spin)
+  /// before the polls are spaced by naps growing to 1 ms.
+  static constexpr std::chrono::milliseconds hot_wait{100};
 
   /// How long a rank that gave up listens for the other ranks' notices.
   static constexpr std::chrono::milliseconds stall_grace{2000};
