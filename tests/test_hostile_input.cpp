@@ -81,6 +81,24 @@ TEST_CASE("parse_json_limited: 64 levels pass, deeper nesting is one InputError 
   CHECK(j == json{{"keep", 1}});
 }
 
+TEST_CASE("parse_json_limited: a number beyond the range of a double is one InputError naming the input") {
+  // Found by fuzz/fuzz_results.cpp: nlohmann throws out_of_range.406 (not parse_error) for
+  // such a literal, which escaped every caller that words parse_error alone.
+  const std::string long_number(400, '7');  // about 7.8e399
+  for (const std::string& text :
+       {std::string("[1e999]"), std::string("{\"a\": -1e400}"), "[1, " + long_number + "]"}) {
+    CAPTURE(text);
+    const std::string msg = error_of([&] { (void)additive::parse_json_limited(text, "file 'f'"); });
+    CHECK(msg.starts_with("file 'f' holds a number beyond the range of a double ("));
+    CHECK(msg.size() < 140);  // the number is echoed short
+    std::istringstream in(text);
+    CHECK(error_of([&] { (void)additive::parse_json_limited(in, "file 'f'"); }) == msg);
+  }
+  CHECK(error_of([&] { (void)additive::parse_json_limited("[1e999]", "file 'f'"); }) ==
+        "file 'f' holds a number beyond the range of a double (1e999)");
+  CHECK(additive::parse_json_limited("[1e308, -1e308, 1e-400]", "x") == json::array({1e308, -1e308, 0.0}));
+}
+
 TEST_CASE("json_echo: short, one line, no recursion whatever the value") {
   CHECK(additive::json_echo(json{{"lr", 0.002}}) == "{\"lr\": 0.002}");
   CHECK(additive::json_echo(json::array({1, "a\nb", nullptr, true})) == "[1, \"a\\x0ab\", null, true]");
@@ -104,8 +122,8 @@ TEST_CASE("read_run_records: what the search could have written, and nothing els
     for (const auto& [k, v] : changes.items()) r[k] = v;
     return r;
   };
-  const auto good =
-      additive::read_run_records(json::array({record({}), record({{"seed", 0}})}), where, 64, 2);
+  const auto good = additive::read_run_records(json::array({record({}), record({{"seed", 0}})}), where, 64, 2,
+                                               std::nullopt);
   REQUIRE(good.size() == 2);
   CHECK(good[0].mask == 5);
   CHECK(good[0].seed == 1);
@@ -132,28 +150,61 @@ TEST_CASE("read_run_records: what the search could have written, and nothing els
   };
   for (const auto& [changes, expected] : bad) {
     CAPTURE(changes.dump());
-    const std::string msg =
-        error_of([&] { (void)additive::read_run_records(json::array({record(changes)}), where, 64, 2); });
+    const std::string msg = error_of([&] {
+      (void)additive::read_run_records(json::array({record(changes)}), where, 64, 2, std::nullopt);
+    });
     CHECK(msg.starts_with(where + ": run record 1 has "));
     CHECK(contains(msg, expected));
   }
   auto without = record({});
   without.erase("val_loss");
-  CHECK(contains(error_of([&] { (void)additive::read_run_records(json::array({without}), where, 64, 2); }),
-                 "run record 1 has no 'val_loss'"));
+  CHECK(contains(
+      error_of([&] { (void)additive::read_run_records(json::array({without}), where, 64, 2, std::nullopt); }),
+      "run record 1 has no 'val_loss'"));
   CHECK(contains(error_of([&] {
-                   (void)additive::read_run_records(json{{"a", 1}}, where, 64, 2);
+                   (void)additive::read_run_records(json{{"a", 1}}, where, 64, 2, std::nullopt);
                  }),
                  "'runs' is not a list"));
-  CHECK(contains(error_of([&] { (void)additive::read_run_records(json::array({1}), where, 64, 2); }),
-                 "run record 1 is not a JSON object"));
+  CHECK(contains(
+      error_of([&] { (void)additive::read_run_records(json::array({1}), where, 64, 2, std::nullopt); }),
+      "run record 1 is not a JSON object"));
   // The same run twice: equal records are one, different ones an error.
-  CHECK(additive::read_run_records(json::array({record({}), record({})}), where, 64, 2).size() == 1);
+  CHECK(
+      additive::read_run_records(json::array({record({}), record({})}), where, 64, 2, std::nullopt).size() ==
+      1);
   CHECK(contains(error_of([&] {
                    (void)additive::read_run_records(
-                       json::array({record({}), record({{"val_accuracy", 0.6}})}), where, 64, 2);
+                       json::array({record({}), record({{"val_accuracy", 0.6}})}), where, 64, 2,
+                       std::nullopt);
                  }),
                  "run records 1 and 2 are both short mask 5 seed 1, with different values"));
+
+  // Per-image correctness: 8 images, accuracy 0.5 -> 4 bits set ("f0": images 0-3, digit k
+  // holding images 4k..4k+3).
+  const auto with_bits =
+      additive::read_run_records(json::array({record({{"correct", "f0"}})}), where, 64, 2, 8);
+  REQUIRE(with_bits.size() == 1);
+  CHECK(with_bits[0].correct.size() == 8);
+  CHECK(with_bits[0].correct.count() == 4);
+  CHECK(with_bits[0].correct.get(3));
+  CHECK_FALSE(with_bits[0].correct.get(4));
+  CHECK(additive::read_run_records(json::array({record({})}), where, 64, 2, 8)[0].correct.size() == 0);
+  auto bits_error = [&](json correct, std::size_t images) {
+    return error_of([&] {
+      (void)additive::read_run_records(json::array({record({{"correct", correct}})}), where, 64, 2, images);
+    });
+  };
+  CHECK(contains(bits_error(15, 8), "run record 1 has 'correct' 15, expected a hex string"));
+  CHECK(contains(bits_error("0f0", 8), "has a 'correct' that does not fit 8 validation images"));
+  CHECK(contains(bits_error("0g", 8), "has a 'correct' that does not fit 8 validation images"));
+  CHECK(contains(bits_error("07", 8), "has 'correct' bits for 3 right images, but val_accuracy 0.5 of 8"));
+  CHECK(contains(bits_error("f", 2), "does not fit 2 validation images"));  // bits beyond image 2
+  CHECK(contains(error_of([&] {
+                   (void)additive::read_run_records(
+                       json::array({record({{"correct", "0f"}}), record({{"correct", "f0"}})}), where, 64, 2,
+                       8);
+                 }),
+                 "with different values"));
 }
 
 TEST_CASE("read_report_accuracies: masks of the family, accuracies in [0, 1], one accuracy per mask") {
@@ -194,6 +245,7 @@ TEST_CASE("CheckpointMetadata: every value parsed strictly, every refusal names 
       {"text", "abc"},
       {"j", "[1, 2]"},
       {"deep", deep_array(1000)},
+      {"huge", "[1e999]"},
       {"nl", "a\nb"},
       {"empty", ""},
   };
@@ -221,6 +273,8 @@ TEST_CASE("CheckpointMetadata: every value parsed strictly, every refusal names 
   CHECK(
       msg([&] { (void)read.json("deep"); }) ==
       "checkpoint 'ck.safetensors': metadata 'deep' nests JSON arrays and objects more than 64 levels deep");
+  CHECK(msg([&] { (void)read.json("huge"); }) ==
+        "checkpoint 'ck.safetensors': metadata 'huge' holds a number beyond the range of a double (1e999)");
 
   // A second moment must be >= 0.
   std::vector<float> m{-1.f, 2.f}, v{0.f, 1.f}, bad_v{0.f, -1e-30f};

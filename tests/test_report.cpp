@@ -298,6 +298,85 @@ TEST_CASE("leaderboard: rows in rank order, front marks, footer and trust line")
   CHECK(additive::leaderboard_text(empty, 5).find("no structures ranked") != std::string::npos);
 }
 
+/// The sample report with paired statistics and gate effects, as a search adds them.
+SearchReport paired_report() {
+  SearchReport r = sample_report();
+  const double diffs[] = {0, -0.002, -0.002, -0.010, -0.015, -0.035};
+  for (std::size_t i = 0; i < r.entries.size(); ++i) {
+    auto& e = r.entries[i];
+    e.diff = diffs[i];
+    e.diff_lo = i == 0 ? 0 : diffs[i] - 0.004;
+    e.diff_hi = i == 0 ? 0 : diffs[i] + 0.004;
+    e.p_adjusted = i == 0 ? 1 : (i < 3 ? 0.4 : 0.001);
+    e.top_group = i < 3;
+  }
+  additive::PairedSummary p;
+  p.test = "paired bootstrap (Wald, bootstrap standard error)";
+  p.interval = "paired bootstrap percentile";
+  p.seeds = 3;
+  p.images = 5000;
+  p.resamples = 2000;
+  p.top_group = 3;
+  p.seed_tau = 0.5;
+  r.paired = p;
+  additive::GateEffectSummary g;
+  g.terms = {{"b1 1+2", 0.0123, 0.0051, 0.0195, 0.001}, {"b2 res", -0.0011, -0.0040, 0.0018, 0.4}};
+  g.r2 = 0.83;
+  g.r2_main = 0.8;
+  g.residual_df = 10;
+  r.gate_effects = g;
+  return r;
+}
+
+TEST_CASE(
+    "leaderboard with paired statistics: difference to #1 with its interval, the top group, gate effects") {
+  const SearchReport r = paired_report();
+  const std::string text = additive::leaderboard_text(r, 10);
+  MESSAGE("\n" << text);
+  const auto lines = lines_of(text);
+  std::size_t header = lines.size();
+  for (std::size_t i = 0; i < lines.size(); ++i)
+    if (lines[i].find("rank") != std::string::npos && lines[i].find("vs #1, points") != std::string::npos)
+      header = i;
+  REQUIRE(header < lines.size());
+  CHECK(lines[header + 1].find("leader") != std::string::npos);
+  CHECK(lines[header + 2].find("-0.20 [-0.60, +0.20]") != std::string::npos);
+  CHECK(lines[header + 4].find("-1.00 [-1.40, -0.60]") != std::string::npos);
+  // "=" marks the top group, in its own column under "top".
+  const auto width = [](std::string_view s) { return additive::report::text_width(s); };
+  const auto top_column = width(std::string_view(lines[header]).substr(0, lines[header].find("top")));
+  for (std::size_t i = 0; i < r.entries.size(); ++i) {
+    const std::string& row = lines[header + 1 + i];
+    const auto at = row.find('=');
+    const bool marked = at != std::string::npos && width(std::string_view(row).substr(0, at)) == top_column;
+    INFO("rank ", i + 1, ": ", row);
+    CHECK(marked == r.entries[i].top_group);
+    CHECK(row.ends_with("*") == expected_front[i]);
+  }
+  CHECK(text.find(
+            "top =: the 3 of 6 structures that cannot be told apart from #1 (Holm-adjusted p >= 0.05 over 5 "
+            "comparisons; paired bootstrap (Wald, bootstrap standard error), 2000 resamples)") !=
+        std::string::npos);
+  CHECK(text.find("resolution: 5000 validation images x 3 seeds: one image is 0.020 points") !=
+        std::string::npos);
+  CHECK(text.find("Kendall's tau between the seeds' rankings (mean over pairs): 0.500") != std::string::npos);
+  CHECK(text.find("explain 83% of the variance between structures, main effects alone 80%") !=
+        std::string::npos);
+  CHECK(text.find("  b1 1+2  +1.23 [+0.51, +1.95]  *\n") != std::string::npos);
+  CHECK(text.find("  b2 res  -0.11 [-0.40, +0.18]\n") != std::string::npos);
+  for (const auto& line : lines) CHECK(!line.ends_with(" "));
+
+  const nlohmann::json j = additive::to_json(r);
+  CHECK(j.at("paired").at("top_group") == 3);
+  CHECK(j.at("paired").at("correction") == "Holm");
+  CHECK(j.at("entries").at(3).at("diff_lo") == -0.014);
+  CHECK(j.at("entries").at(1).at("top_group") == true);
+  CHECK(j.at("gate_effects").at("terms").at(0).at("term") == "b1 1+2");
+  const auto records = parse_csv(additive::results_csv(r));
+  CHECK(records.at(4).at(16) == "-0.014");
+  CHECK(records.at(2).at(19) == "true");
+}
+
 TEST_CASE("JSON: the full report, and run records that read back") {
   const SearchReport r = sample_report();
   const nlohmann::json j = additive::to_json(r);
@@ -362,21 +441,12 @@ TEST_CASE("CSV: one record per entry, RFC 4180 quoting that parses back") {
 
   const auto records = parse_csv(csv);
   REQUIRE(records.size() == 7);
-  const std::vector<std::string> header = {"rank",
-                                           "mask",
-                                           "structure",
-                                           "equivalent",
-                                           "runs",
-                                           "acc_mean",
-                                           "acc_std",
-                                           "loss_mean",
-                                           "loss_std",
-                                           "active_params",
-                                           "flops_per_sample",
-                                           "allreduces",
-                                           "comm_bytes",
-                                           "comm_seconds",
-                                           "pareto"};
+  const std::vector<std::string> header = {
+      "rank",       "mask",          "structure",        "equivalent",
+      "runs",       "acc_mean",      "acc_std",          "loss_mean",
+      "loss_std",   "active_params", "flops_per_sample", "allreduces",
+      "comm_bytes", "comm_seconds",  "pareto",           "diff_vs_leader",
+      "diff_lo",    "diff_hi",       "p_adjusted",       "top_group"};
   CHECK(records[0] == header);
   for (std::size_t i = 0; i < r.entries.size(); ++i) {
     const SearchEntry& e = r.entries[i];
@@ -390,6 +460,8 @@ TEST_CASE("CSV: one record per entry, RFC 4180 quoting that parses back") {
     CHECK(std::stod(f[12]) == e.cost.comm_bytes);
     CHECK(std::stoll(f[9]) == e.cost.active_params);
     CHECK(f[14] == (expected_front[i] ? "true" : "false"));
+    CHECK(f[16].empty());  // no interval: a missing value, not "nan"
+    CHECK(f[19] == "false");
   }
   CHECK(records[1][3] == "0x2e 0x31");
   CHECK(records[2][3].empty());

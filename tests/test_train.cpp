@@ -3,6 +3,7 @@
 // boundary, AdamW or SGD) ends bit-identical to the uninterrupted run.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <random>
 #include <vector>
@@ -71,6 +72,29 @@ TEST_CASE("training learns the synthetic task") {
   CHECK(r.steps == 15);
   CHECK(r.epochs.back().val.loss < before.loss * 0.5);
   CHECK(r.epochs.back().val.accuracy > 0.9);
+}
+
+TEST_CASE("evaluate records which samples it classified right, in the view's order, across batches") {
+  const Data d;
+  // 64 samples in batches of 24: three batches, the last one partial.
+  Trainer<cpu::MlpModel<F, float>> t(model_config, F::mask_type(0xAD), options,
+                                     RunOptions{.threads = 1, .eval_batch = 24, .progress = false});
+  // Untrained (seeded initial weights): about a quarter right, so both outcomes occur.
+  // A view in another order than storage, so that "in the view's order" is tested.
+  std::vector<std::int64_t> order(64);
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<std::int64_t>((i * 37) % 64);
+  const DatasetView shuffled(d.val_set, order);
+  const auto all = t.evaluate(shuffled);
+  REQUIRE(all.correct.size() == 64);
+  CHECK(all.correct.count() == static_cast<std::int64_t>(std::llround(all.accuracy * 64)));
+  int wrong = 0, right = 0;
+  for (std::int64_t i = 0; i < 64; ++i) {
+    const auto one = t.evaluate(subset(shuffled, std::vector<std::int64_t>{i}));  // alone: 1 or 0
+    CHECK(all.correct.get(static_cast<std::size_t>(i)) == (one.accuracy == 1.0));
+    (one.accuracy == 1.0 ? right : wrong) += 1;
+  }
+  CHECK(right > 0);  // both outcomes occur, so the bits are not trivially all one value
+  CHECK(wrong > 0);
 }
 
 TEST_CASE_TEMPLATE("the same seed gives bit-identical training on 1 and 2 threads", T, float, double) {

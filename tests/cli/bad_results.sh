@@ -74,11 +74,22 @@ compare seed-2 "'seed' 2" "seed index in [0, 2)"
 bad phase 'j["runs"][0]["phase"] = "medium"'
 resume phase "'phase' \"medium\"" "\"short\" or \"long\""
 compare phase "'phase' \"medium\""
-bad duplicate 'j["runs"].append(dict(j["runs"][0], val_accuracy=1 - j["runs"][0]["val_accuracy"] / 2))'
+bad duplicate 'j["runs"].append(dict(j["runs"][0], val_loss=j["runs"][0]["val_loss"] + 0.5))'
+# Per-image bits that do not fit the validation split, or count other than val_accuracy says.
+bad correct-length 'j["runs"][0]["correct"] = j["runs"][0]["correct"] + "0"'
+resume correct-length "run record 1 has a 'correct' that does not fit"
+bad correct-count 'j["runs"][0]["val_accuracy"] = 1 - j["runs"][0]["val_accuracy"] / 2'
+resume correct-count "run record 1 has 'correct' bits for" "but val_accuracy"
 resume duplicate "run records 1 and" "with different values"
 compare duplicate "run records 1 and" "with different values"
 bad runs-object 'j["runs"] = {"a": 1}'
 resume runs-object "'runs' is not a list"
+# A number beyond the range of a double (found by fuzz/fuzz_results.cpp: nlohmann throws
+# out_of_range for such a literal, not parse_error).
+bad acc-1e999 'j["runs"][0]["val_accuracy"] = 0.123456789'
+sed -i 's/0\.123456789/1e999/' "$WORK/acc-1e999/results.json"
+resume acc-1e999 "holds a number beyond the range of a double (1e999)"
+compare acc-1e999 "holds a number beyond the range of a double (1e999)"
 
 # The report's entries (stochastic and the accuracies cotrain reads next to a topk.json).
 bad entry-acc 'j["report"]["entries"][0]["acc_mean"] = 7.5'
@@ -115,6 +126,11 @@ expect_input_error "cotrain --topk: mask 3.7" "$WORK/topk-float/topk.json" "'mas
 topk topk-acc 'j["structures"][0]["val_accuracy"] = -1'
 expect_input_error "cotrain --topk: accuracy -1" "$WORK/topk-acc/topk.json" "'val_accuracy' -1" -- \
   "$COTRAIN" "${C[@]}" --topk "$WORK/topk-acc/topk.json" --out "$WORK/co"
+topk topk-1e999 'j["structures"][0]["val_accuracy"] = 0.123456789'
+sed -i 's/0\.123456789/1e999/' "$WORK/topk-1e999/topk.json"
+expect_input_error "cotrain --topk: accuracy 1e999" "$WORK/topk-1e999/topk.json" \
+  "holds a number beyond the range of a double (1e999)" -- \
+  "$COTRAIN" "${C[@]}" --topk "$WORK/topk-1e999/topk.json" --out "$WORK/co"
 
 # FIFOs in place of files: refused at once (a read would block forever).
 mkdir -p "$WORK/fifo"

@@ -141,6 +141,16 @@ struct ShardedGates {
     return mask_type(bits);
   }
 
+  /// What gate g (bit g of a mask) joins: "b1 2+3" (block 1 merges shards 2 and 3) or
+  /// "b2 res" (block 2's residual branch); blocks and shards count from 1, as in to_string.
+  static std::string gate_name(int g) {
+    if (g < 0 || g >= gates) return "gate " + std::to_string(g);
+    const int l = g / gates_per_block, i = g % gates_per_block;
+    const std::string block_name = "b" + std::to_string(l + 1) + " ";
+    if (i >= block_gates::merge_gates) return block_name + "res";
+    return block_name + std::to_string(i + 1) + "+" + std::to_string(i + 2);
+  }
+
   /// One group per block: "[12|34] res=1 . [1234] res=0".
   static std::string to_string(mask_type m) {
     std::string s;

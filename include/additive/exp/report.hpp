@@ -67,10 +67,19 @@ inline std::string leaderboard_text(const SearchReport& report, std::size_t rows
       mean_w = std::max(mean_w, fmt::format("{:.2f}", 100 * e.acc_mean).size());
       if (e.runs > 1) std_w = std::max(std_w, fmt::format("{:.2f}", 100 * e.acc_std).size());
     }
-    const std::vector<report::TableColumn> columns = {
-        {"rank", true},      {"mask", false},    {"structure", false}, {"equiv", true},
-        {"val acc %", true}, {"val loss", true}, {"params", true},     {"MFLOP/sample", true},
-        {"comm/step", true}, {"comm µs", true},  {"front", false}};
+    const bool paired = report.paired.has_value();
+    std::vector<report::TableColumn> columns = {
+        {"rank", true}, {"mask", false}, {"structure", false}, {"equiv", true}, {"val acc %", true}};
+    if (paired) {
+      columns.push_back({"vs #1, points", true});
+      columns.push_back({"top", false});
+    }
+    columns.insert(columns.end(), {{"val loss", true},
+                                   {"params", true},
+                                   {"MFLOP/sample", true},
+                                   {"comm/step", true},
+                                   {"comm µs", true},
+                                   {"front", false}});
     std::vector<std::vector<std::string>> cells;
     for (std::size_t i = 0; i < shown; ++i) {
       const SearchEntry& e = report.entries[i];
@@ -79,12 +88,21 @@ inline std::string leaderboard_text(const SearchReport& report, std::size_t rows
         acc += fmt::format(" ± {:>{}.2f}", 100 * e.acc_std, std_w);
       else if (std_w > 0)
         acc += std::string(std_w + 3, ' ');
-      cells.push_back({std::to_string(e.rank), report::mask_hex(e.mask), e.structure,
-                       e.equivalent.empty() ? std::string() : fmt::format("+{}", e.equivalent.size()), acc,
-                       fmt::format("{:.4f}", e.loss_mean), report::human_count(double(e.cost.active_params)),
-                       fmt::format("{:.2f}", e.cost.flops_per_sample / 1e6),
-                       report::human_bytes(e.cost.comm_bytes),
-                       fmt::format("{:.1f}", e.cost.comm_seconds * 1e6), e.pareto ? "*" : ""});
+      std::vector<std::string> row = {
+          std::to_string(e.rank), report::mask_hex(e.mask), e.structure,
+          e.equivalent.empty() ? std::string() : fmt::format("+{}", e.equivalent.size()), acc};
+      if (paired) {
+        row.push_back(i == 0 ? std::string("leader")
+                             : fmt::format("{:+.2f} [{:+.2f}, {:+.2f}]", 100 * e.diff, 100 * e.diff_lo,
+                                           100 * e.diff_hi));
+        row.push_back(e.top_group ? "=" : "");
+      }
+      row.insert(
+          row.end(),
+          {fmt::format("{:.4f}", e.loss_mean), report::human_count(double(e.cost.active_params)),
+           fmt::format("{:.2f}", e.cost.flops_per_sample / 1e6), report::human_bytes(e.cost.comm_bytes),
+           fmt::format("{:.1f}", e.cost.comm_seconds * 1e6), e.pareto ? "*" : ""});
+      cells.push_back(std::move(row));
     }
     out += report::render_table(columns, cells);
     out +=
@@ -92,8 +110,50 @@ inline std::string leaderboard_text(const SearchReport& report, std::size_t rows
         "equiv +n: n more masks compute the same function (not trained)\n"
         "val acc %: mean ± sample std over the seeds; comm: bytes each device sends per training step, "
         "and their alpha-beta time\n";
+    if (paired) {
+      const PairedSummary& p = *report.paired;
+      out += fmt::format(
+          "vs #1: mean accuracy difference to the leader, paired on the same seeds{}, with its {:.0f}% "
+          "interval "
+          "({})\n",
+          p.images > 0 ? " and validation images" : "", 100 * p.level, p.interval);
+      out += fmt::format(
+          "top =: the {} of {} structures that cannot be told apart from #1 (Holm-adjusted p >= {:g} over {} "
+          "comparisons; {}{})\n",
+          p.top_group, report.entries.size(), p.alpha, report.entries.size() - 1, p.test,
+          p.resamples > 0 ? fmt::format(", {} resamples", p.resamples) : std::string());
+      if (p.images > 0)
+        out += fmt::format("resolution: {} validation images x {} seed{}: one image is {:.3f} points{}\n",
+                           p.images, p.seeds, p.seeds == 1 ? "" : "s", 100.0 / double(p.images),
+                           p.seeds == 1
+                               ? "; with one seed the intervals count the validation sample's noise, not "
+                                 "training noise (--seeds 3 counts both)"
+                               : "");
+      if (p.seeds > 1)
+        out +=
+            fmt::format("Kendall's tau between the seeds' rankings (mean over pairs): {:.3f}\n", p.seed_tau);
+    }
     if (shown < report.entries.size())
       out += fmt::format("({} more structures not shown)\n", report.entries.size() - shown);
+  }
+  if (report.gate_effects) {
+    const GateEffectSummary& g = *report.gate_effects;
+    if (g.terms.empty()) {
+      for (const auto& n : g.notes) out += "gate effects: " + n + "\n";
+    } else {
+      out += fmt::format(
+          "gate effects on val accuracy (points, {:.0f}% interval; explain {:.0f}% of the variance between "
+          "structures, main effects alone {:.0f}%):\n",
+          100 * g.level, 100 * g.r2, 100 * g.r2_main);
+      std::size_t name_w = 0;
+      for (const auto& t : g.terms) name_w = std::max(name_w, report::text_width(t.name));
+      for (const auto& t : g.terms)
+        out += fmt::format("  {}{} {:+6.2f} [{:+.2f}, {:+.2f}]{}\n", t.name,
+                           std::string(name_w - report::text_width(t.name), ' '), 100 * t.estimate,
+                           100 * t.lo, 100 * t.hi, (t.lo > 0 || t.hi < 0) ? "  *" : "");
+      out += "  * the interval excludes 0\n";
+      for (const auto& n : g.notes) out += "  note: " + n + "\n";
+    }
   }
   if (report.trust) {
     const RankTrust& t = *report.trust;
@@ -108,6 +168,16 @@ inline std::string leaderboard_text(const SearchReport& report, std::size_t rows
 // rule) and read back as NaN.
 // ---------------------------------------------------------------------------------------
 
+namespace detail {
+
+/// A number of JSON, or null when not finite: nlohmann-json would store NaN as a number
+/// that then never equals itself.
+inline nlohmann::json json_number(double v) {
+  return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
+}
+
+}  // namespace detail
+
 inline void to_json(nlohmann::json& j, const StructureCost& c) {
   j = nlohmann::json{{"active_params", c.active_params},
                      {"flops_per_sample", c.flops_per_sample},
@@ -121,10 +191,12 @@ inline void to_json(nlohmann::json& j, const RunRecord& r) {
                      {"seed", r.seed},         {"val_accuracy", r.val_accuracy},
                      {"val_loss", r.val_loss}, {"train_loss", r.train_loss},
                      {"seconds", r.seconds}};
+  if (r.correct.size() > 0) j["correct"] = r.correct.to_hex();
 }
 
 /// Throws nlohmann::json's exceptions on a missing key or a wrong type; the caller, who
-/// knows the file, turns them into an InputError naming it.
+/// knows the file, turns them into an InputError naming it. "correct" is not read here:
+/// its length comes from the settings (read_run_records reads and checks it).
 inline void from_json(const nlohmann::json& j, RunRecord& r) {
   auto number = [&](const char* key) {
     const auto& v = j.at(key);
@@ -151,7 +223,43 @@ inline void to_json(nlohmann::json& j, const SearchEntry& e) {
                      {"loss_mean", e.loss_mean},
                      {"loss_std", e.loss_std},
                      {"cost", e.cost},
-                     {"pareto", e.pareto}};
+                     {"pareto", e.pareto},
+                     {"diff_vs_leader", e.diff},
+                     {"diff_lo", detail::json_number(e.diff_lo)},
+                     {"diff_hi", detail::json_number(e.diff_hi)},
+                     {"p_adjusted", detail::json_number(e.p_adjusted)},
+                     {"top_group", e.top_group}};
+}
+
+inline void to_json(nlohmann::json& j, const PairedSummary& p) {
+  j = nlohmann::json{{"test", p.test},
+                     {"interval", p.interval},
+                     {"correction", p.correction},
+                     {"alpha", p.alpha},
+                     {"level", p.level},
+                     {"seeds", p.seeds},
+                     {"images", p.images},
+                     {"resamples", p.resamples},
+                     {"top_group", p.top_group},
+                     {"seed_tau", detail::json_number(p.seed_tau)}};
+}
+
+inline void to_json(nlohmann::json& j, const GateEffectRow& t) {
+  j = nlohmann::json{{"term", t.name},
+                     {"estimate", detail::json_number(t.estimate)},
+                     {"lo", detail::json_number(t.lo)},
+                     {"hi", detail::json_number(t.hi)},
+                     {"p", detail::json_number(t.p)}};
+}
+
+inline void to_json(nlohmann::json& j, const GateEffectSummary& g) {
+  j = nlohmann::json{{"terms", g.terms},
+                     {"r2", detail::json_number(g.r2)},
+                     {"adjusted_r2", detail::json_number(g.adjusted_r2)},
+                     {"r2_main", detail::json_number(g.r2_main)},
+                     {"level", g.level},
+                     {"residual_df", g.residual_df},
+                     {"notes", g.notes}};
 }
 
 inline void to_json(nlohmann::json& j, const RankTrust& t) {
@@ -162,8 +270,11 @@ inline void to_json(nlohmann::json& j, const RankTrust& t) {
 /// The whole report; "trust" is null when there was no trust check.
 inline void to_json(nlohmann::json& j, const SearchReport& r) {
   j = nlohmann::json{{"family", r.family}, {"candidates", r.candidates}, {"trained", r.trained},
-                     {"top_k", r.top_k},   {"entries", r.entries},       {"trust", nullptr}};
+                     {"top_k", r.top_k},   {"entries", r.entries},       {"trust", nullptr},
+                     {"paired", nullptr},  {"gate_effects", nullptr}};
   if (r.trust) j["trust"] = *r.trust;
+  if (r.paired) j["paired"] = *r.paired;
+  if (r.gate_effects) j["gate_effects"] = *r.gate_effects;
 }
 
 inline nlohmann::json to_json(const SearchReport& r) {
@@ -182,18 +293,21 @@ inline nlohmann::json to_json(const SearchReport& r) {
 inline std::string results_csv(const SearchReport& report) {
   std::string out =
       "rank,mask,structure,equivalent,runs,acc_mean,acc_std,loss_mean,loss_std,active_params,"
-      "flops_per_sample,allreduces,comm_bytes,comm_seconds,pareto\n";
+      "flops_per_sample,allreduces,comm_bytes,comm_seconds,pareto,diff_vs_leader,diff_lo,diff_hi,p_adjusted,"
+      "top_group\n";
   for (const SearchEntry& e : report.entries) {
     std::string equivalent;
     for (const std::uint64_t m : e.equivalent) {
       if (!equivalent.empty()) equivalent += ' ';
       equivalent += report::mask_hex(m);
     }
-    fmt::format_to(std::back_inserter(out), "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n", e.rank,
-                   report::mask_hex(e.mask), report::csv_quoted(e.structure), report::csv_field(equivalent),
-                   e.runs, e.acc_mean, e.acc_std, e.loss_mean, e.loss_std, e.cost.active_params,
-                   e.cost.flops_per_sample, e.cost.allreduces, e.cost.comm_bytes, e.cost.comm_seconds,
-                   e.pareto ? "true" : "false");
+    fmt::format_to(std::back_inserter(out), "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                   e.rank, report::mask_hex(e.mask), report::csv_quoted(e.structure),
+                   report::csv_field(equivalent), e.runs, e.acc_mean, e.acc_std, e.loss_mean, e.loss_std,
+                   e.cost.active_params, e.cost.flops_per_sample, e.cost.allreduces, e.cost.comm_bytes,
+                   e.cost.comm_seconds, e.pareto ? "true" : "false", e.diff, report::csv_number(e.diff_lo),
+                   report::csv_number(e.diff_hi), report::csv_number(e.p_adjusted),
+                   e.top_group ? "true" : "false");
   }
   return out;
 }
@@ -265,7 +379,14 @@ inline std::string report_svg(const SearchReport& report) {
       svg.text(x0 + 13, 45, "structure");
       svg.out("<path d=\"{}\" fill=\"{}\" stroke=\"{}\" stroke-width=\"1\"/>\n",
               report::circle_path(x0 + 84, 41, 4.5), colour_front, colour_front_dark);
-      svg.text(x0 + 93, 45, "Pareto front (max accuracy, min communication)");
+      if (report.paired) {  // shorter, to leave room for the top group's ring
+        svg.text(x0 + 93, 45, "Pareto front");
+        svg.out("<path d=\"{}\" fill=\"none\" stroke=\"#222222\" stroke-width=\"1\"/>\n",
+                report::circle_path(x0 + 184, 41, 6.5));
+        svg.text(x0 + 195, 45, "top group (tied with #1)");
+      } else {
+        svg.text(x0 + 93, 45, "Pareto front (max accuracy, min communication)");
+      }
       svg.out("</g>\n");
 
       double acc_lo = acc_pct(*shown[0]), acc_hi = acc_lo, comm_hi = 0;
@@ -333,6 +454,16 @@ inline std::string report_svg(const SearchReport& report) {
       }
       svg.out("</g>\n");
 
+      // the top group: a ring around each of its dots
+      if (report.paired) {
+        svg.out("<g id=\"scatter-top-group\">\n");
+        for (const SearchEntry* e : shown)
+          if (e->top_group)
+            svg.out("<path d=\"{}\" fill=\"none\" stroke=\"#222222\" stroke-width=\"1\"/>\n",
+                    report::circle_path(xs(comm_mib(*e)), ys(acc_pct(*e)), 6.5));
+        svg.out("</g>\n");
+      }
+
       // the best entry's label: above its dot (the highest), reaching towards the middle
       const SearchEntry& best = entries.front();
       if (std::isfinite(best.acc_mean) && std::isfinite(best.cost.comm_bytes)) {
@@ -357,15 +488,29 @@ inline std::string report_svg(const SearchReport& report) {
     if (k == 0) {
       svg.empty_note(area, "no structures");
     } else {
+      // Whiskers: with paired statistics, each structure's interval of its difference to #1,
+      // drawn from #1's accuracy (so the bar ends at the point estimate); else +- std.
+      const bool paired = report.paired.has_value();
+      constexpr double nan = std::numeric_limits<double>::quiet_NaN();
+      auto whisker = [&](const SearchEntry& e) -> std::pair<double, double> {
+        if (paired) {
+          if (!std::isfinite(e.diff_lo) || !std::isfinite(e.diff_hi) || &e == &entries.front())
+            return {nan, nan};
+          return {acc_pct(entries.front()) + 100 * e.diff_lo, acc_pct(entries.front()) + 100 * e.diff_hi};
+        }
+        if (e.runs > 1 && std::isfinite(e.acc_std) && e.acc_std > 0)
+          return {acc_pct(e) - 100 * e.acc_std, acc_pct(e) + 100 * e.acc_std};
+        return {nan, nan};
+      };
       bool whiskers = false;
       double lo = std::numeric_limits<double>::infinity(), hi = -lo;
       for (std::size_t i = 0; i < k; ++i) {
         const SearchEntry& e = entries[i];
-        const double sd = e.runs > 1 && std::isfinite(e.acc_std) ? 100 * e.acc_std : 0.0;
-        whiskers = whiskers || sd > 0;
         if (!std::isfinite(e.acc_mean)) continue;
-        lo = std::min(lo, acc_pct(e) - sd);
-        hi = std::max(hi, acc_pct(e) + sd);
+        const auto [a, b] = whisker(e);
+        whiskers = whiskers || std::isfinite(a);
+        lo = std::min(lo, std::isfinite(a) ? std::min(a, acc_pct(e)) : acc_pct(e));
+        hi = std::max(hi, std::isfinite(b) ? std::max(b, acc_pct(e)) : acc_pct(e));
       }
       if (!(lo <= hi)) {  // no finite accuracy among them
         lo = 0;
@@ -373,10 +518,18 @@ inline std::string report_svg(const SearchReport& report) {
       }
       const report::Ticks xt = report::percent_ticks(lo, hi, 0.25, 0.05);
       const report::LinearScale xs{xt.lo, xt.hi, x0, x1};
-      svg.text(x0, 45,
-               whiskers ? "bar: mean over seeds, whisker: \u00b1 sample std; orange: on the Pareto front"
-                        : "bar: validation accuracy; orange: on the Pareto front",
-               "fill=\"#666666\"");
+      if (paired) {
+        svg.text(x0, 45,
+                 fmt::format(
+                     "whisker: {:.0f}% interval of the difference to #1; = : top group; orange: Pareto front",
+                     100 * report.paired->level),
+                 "fill=\"#666666\"");
+      } else {
+        svg.text(x0, 45,
+                 whiskers ? "bar: mean over seeds, whisker: \u00b1 sample std; orange: on the Pareto front"
+                          : "bar: validation accuracy; orange: on the Pareto front",
+                 "fill=\"#666666\"");
+      }
 
       svg.out("<g id=\"top-k-axes\" font-size=\"10\">\n");
       svg.x_grid(area, xt, xs);
@@ -395,9 +548,10 @@ inline std::string report_svg(const SearchReport& report) {
       for (std::size_t i = 0; i < k; ++i) {
         const SearchEntry& e = entries[i];
         const double ty = y0 + double(i) * row + pad + 10, by = ty + 4;
-        const bool sd = e.runs > 1 && std::isfinite(e.acc_std) && e.acc_std > 0;
-        const std::string value = sd ? fmt::format("{:.2f} \u00b1 {:.2f} %", acc_pct(e), 100 * e.acc_std)
-                                     : fmt::format("{:.2f} %", acc_pct(e));
+        const bool sd = !paired && e.runs > 1 && std::isfinite(e.acc_std) && e.acc_std > 0;
+        std::string value = sd ? fmt::format("{:.2f} \u00b1 {:.2f} %", acc_pct(e), 100 * e.acc_std)
+                               : fmt::format("{:.2f} %", acc_pct(e));
+        if (paired && e.top_group) value = "= " + value;
         // about 6.2 px a character at this size: the structure gets what the rest leaves
         std::string label = fmt::format("#{} {} ", e.rank, report::mask_hex(e.mask));
         const std::string extra =
@@ -411,9 +565,9 @@ inline std::string report_svg(const SearchReport& report) {
         if (std::isfinite(e.acc_mean))
           svg.rect(x0, by, std::clamp(xs(acc_pct(e)) - x0, 0.0, x1 - x0), bar,
                    e.pareto ? colour_front : colour_plain);
-        if (sd && std::isfinite(e.acc_mean)) {
-          const double a = std::clamp(xs(acc_pct(e) - 100 * e.acc_std), x0, x1);
-          const double b = std::clamp(xs(acc_pct(e) + 100 * e.acc_std), x0, x1);
+        if (const auto [wa, wb] = whisker(e); std::isfinite(wa) && std::isfinite(e.acc_mean)) {
+          const double a = std::clamp(xs(wa), x0, x1);
+          const double b = std::clamp(xs(wb), x0, x1);
           const double cy = by + bar / 2, cap = std::min(5.0, bar / 2);
           svg.out(
               "<path d=\"M{0} {1}H{2}M{0} {3}V{4}M{2} {3}V{4}\" stroke=\"#222222\" stroke-width=\"1.2\" "

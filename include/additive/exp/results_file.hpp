@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <limits>
 #include <map>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -70,10 +71,13 @@ inline double results_number(const nlohmann::json& v, const char* key, double lo
 /// in messages ("results file 'out/results.json'"), `structures` the family's 2^n and
 /// `seeds` the search's seed count R. Every record is an object with phase "short" or
 /// "long", a mask below `structures`, a seed index in [0, R) (0 for "long"), validation
-/// accuracy finite in [0, 1], losses finite and >= 0, seconds (optional) finite and >= 0;
-/// the same run twice is refused unless both records are equal. InputError otherwise.
+/// accuracy finite in [0, 1], losses finite and >= 0, seconds (optional) finite and >= 0,
+/// "correct" (optional) the hex of `val_samples` per-image bits that count exactly
+/// val_accuracy * val_samples right images (without `val_samples`, a string, not kept); the
+/// same run twice is refused unless both records are equal. InputError otherwise.
 inline std::vector<RunRecord> read_run_records(const nlohmann::json& runs, const std::string& where,
-                                               std::uint64_t structures, int seeds) {
+                                               std::uint64_t structures, int seeds,
+                                               std::optional<std::size_t> val_samples) {
   if (!runs.is_array()) throw InputError(fmt::format("{}: 'runs' is not a list of run records", where));
   constexpr double any = std::numeric_limits<double>::max();
   std::vector<RunRecord> out;
@@ -103,11 +107,31 @@ inline std::vector<RunRecord> read_run_records(const nlohmann::json& runs, const
     rec.train_loss = detail::results_number(field("train_loss"), "train_loss", 0, any, where, what);
     rec.seconds =
         r.contains("seconds") ? detail::results_number(r.at("seconds"), "seconds", 0, any, where, what) : 0.0;
+    if (r.contains("correct")) {
+      const auto& hex = r.at("correct");
+      if (!hex.is_string())
+        throw InputError(
+            fmt::format("{}: {} has 'correct' {}, expected a hex string", where, what, json_echo(hex)));
+      if (val_samples) {
+        const std::size_t n = *val_samples;
+        try {
+          rec.correct = stats::CorrectBits::from_hex(hex.get_ref<const std::string&>(), n);
+        } catch (const InputError& e) {
+          throw InputError(fmt::format("{}: {} has a 'correct' that does not fit {} validation images ({})",
+                                       where, what, n, e.what()));
+        }
+        if (rec.correct.count() != std::llround(rec.val_accuracy * double(n)))
+          throw InputError(
+              fmt::format("{}: {} has 'correct' bits for {} right images, but val_accuracy {} of {}", where,
+                          what, rec.correct.count(), rec.val_accuracy, n));
+      }
+    }
     const auto [it, fresh] = seen.emplace(std::tuple{rec.phase, rec.mask, rec.seed}, out.size());
     if (!fresh) {
       const RunRecord& first = out[it->second];
       if (std::tie(first.val_accuracy, first.val_loss, first.train_loss, first.seconds) !=
-          std::tie(rec.val_accuracy, rec.val_loss, rec.train_loss, rec.seconds))
+              std::tie(rec.val_accuracy, rec.val_loss, rec.train_loss, rec.seconds) ||
+          first.correct.words() != rec.correct.words())
         throw InputError(
             fmt::format("{}: run records {} and {} are both {} mask {} seed {}, with different values", where,
                         it->second + 1, i + 1, rec.phase, rec.mask, rec.seed));

@@ -48,6 +48,8 @@
 #include "additive/io/atomic_file.hpp"
 #include "additive/io/json.hpp"
 #include "additive/nn/model.hpp"
+#include "additive/stats/gate_effects.hpp"
+#include "additive/stats/paired.hpp"
 
 namespace additive {
 
@@ -226,7 +228,8 @@ class StructureSearch {
     if (resume) {
       std::optional<std::string> text;
       if (root) text = read_text(results);
-      load_runs(results, dist::broadcast_text(comm, text, 0), settings_json);
+      load_runs(results, dist::broadcast_text(comm, text, 0), settings_json,
+                static_cast<std::size_t>(val.size()));
     }
 
     // Short phase: every representative with every seed.
@@ -281,13 +284,14 @@ class StructureSearch {
     const auto t0 = ProgressBar::Clock::now();
     const auto result = trainer.fit(train, val);
     const auto& last = result.epochs.back();
-    return RunRecord{job.phase,
-                     job.mask,
-                     job.seed,
-                     last.val.accuracy,
-                     last.val.loss,
-                     last.train_loss,
-                     std::chrono::duration<double>(ProgressBar::Clock::now() - t0).count()};
+    return RunRecord{.phase = job.phase,
+                     .mask = job.mask,
+                     .seed = job.seed,
+                     .val_accuracy = last.val.accuracy,
+                     .val_loss = last.val.loss,
+                     .train_loss = last.train_loss,
+                     .seconds = std::chrono::duration<double>(ProgressBar::Clock::now() - t0).count(),
+                     .correct = last.val.correct};
   }
 
   /// Trains the jobs not in runs_ on the ranks of `comm`. One rank: one round, every run
@@ -325,7 +329,7 @@ class StructureSearch {
       }
       dist::raise_together(comm, failure);
       if (p > 1) {
-        gather_records(comm, mine, bar, done);
+        gather_records(comm, mine, static_cast<std::size_t>(val.size()), bar, done);
         try {
           if (!results.empty()) save(results, settings_json, groups, nullptr);
         } catch (...) {
@@ -338,29 +342,46 @@ class StructureSearch {
   }
 
   /// After a round: every rank's records into runs_ on every rank (exact: dist::all_gather).
+  /// A record is 9 doubles and its per-image bits, 32 to a double (integers below 2^32
+  /// are exact in a double); `val_samples` sizes the bits alike on every rank.
   template <Communicator C>
-  void gather_records(C& comm, const std::vector<Job>& mine, ProgressBar& bar, std::int64_t& done) {
+  void gather_records(C& comm, const std::vector<Job>& mine, std::size_t val_samples, ProgressBar& bar,
+                      std::int64_t& done) {
     static_assert(family::gates <= 53, "masks travel as doubles: at most 53 gates");
-    constexpr std::size_t fields = 8;
+    const std::size_t words = (val_samples + 63) / 64;
+    const std::size_t fields = 9 + 2 * words;
     std::vector<double> out;
     for (const auto& j : mine) {
       const auto& rec = runs_.at({j.phase, j.mask, j.seed});
+      const bool bits = rec.correct.size() == val_samples && val_samples > 0;
       out.insert(out.end(), {rec.phase == "long" ? 1.0 : 0.0, static_cast<double>(rec.mask),
                              static_cast<double>(rec.seed), rec.val_accuracy, rec.val_loss, rec.train_loss,
-                             rec.seconds, static_cast<double>(j.epochs)});
+                             rec.seconds, static_cast<double>(j.epochs), bits ? 1.0 : 0.0});
+      for (std::size_t w = 0; w < words; ++w) {
+        const std::uint64_t word = bits ? rec.correct.words()[w] : 0;
+        out.push_back(static_cast<double>(word & 0xffffffffU));
+        out.push_back(static_cast<double>(word >> 32));
+      }
     }
     const auto all = dist::all_gather(comm, std::span<const double>(out));
     for (std::size_t q = 0; q < all.size(); ++q) {
       if (static_cast<int>(q) == comm.rank()) continue;
       for (std::size_t k = 0; k + fields <= all[q].size(); k += fields) {
         const double* v = all[q].data() + k;
-        RunRecord rec{v[0] == 1.0 ? "long" : "short",
-                      static_cast<std::uint64_t>(v[1]),
-                      static_cast<int>(v[2]),
-                      v[3],
-                      v[4],
-                      v[5],
-                      v[6]};
+        RunRecord rec{.phase = v[0] == 1.0 ? "long" : "short",
+                      .mask = static_cast<std::uint64_t>(v[1]),
+                      .seed = static_cast<int>(v[2]),
+                      .val_accuracy = v[3],
+                      .val_loss = v[4],
+                      .train_loss = v[5],
+                      .seconds = v[6]};
+        if (v[8] == 1.0) {
+          std::vector<std::uint64_t> bits(words);
+          for (std::size_t w = 0; w < words; ++w)
+            bits[w] =
+                static_cast<std::uint64_t>(v[9 + 2 * w]) | (static_cast<std::uint64_t>(v[10 + 2 * w]) << 32);
+          rec.correct = stats::CorrectBits::from_words(std::move(bits), val_samples);
+        }
         runs_[{rec.phase, rec.mask, rec.seed}] = rec;
         ++runs_trained_;
         epochs_trained_ += static_cast<std::int64_t>(v[7]);
@@ -387,8 +408,14 @@ class StructureSearch {
       device_runner_(jobs, train, val, [&](std::size_t i, const TrainResult& result, double seconds) {
         const Job& j = todo.at(i);
         const auto& last = result.epochs.back();
-        const RunRecord rec{j.phase,       j.mask,          j.seed, last.val.accuracy,
-                            last.val.loss, last.train_loss, seconds};
+        const RunRecord rec{.phase = j.phase,
+                            .mask = j.mask,
+                            .seed = j.seed,
+                            .val_accuracy = last.val.accuracy,
+                            .val_loss = last.val.loss,
+                            .train_loss = last.train_loss,
+                            .seconds = seconds,
+                            .correct = last.val.correct};
         runs_[{rec.phase, rec.mask, rec.seed}] = rec;
         ++runs_trained_;
         epochs_trained_ += j.epochs;
@@ -461,7 +488,75 @@ class StructureSearch {
     });
     for (std::size_t i = 0; i < report.entries.size(); ++i) report.entries[i].rank = static_cast<int>(i + 1);
     mark_pareto(report.entries);
+    add_statistics(report);
     return report;
+  }
+
+  /// The paired comparisons with the leader, the top group and the gate effects
+  /// (stats/). Runs pair by seed and, where every run recorded them, by validation image.
+  void add_statistics(SearchReport& report) const {
+    if (report.entries.size() < 2) return;
+    std::vector<std::uint64_t> masks;
+    for (const auto& e : report.entries) masks.push_back(e.mask);
+    stats::RunTable table(masks, options_.seeds);
+    bool bits = true;
+    for (std::size_t s = 0; s < masks.size(); ++s)
+      for (int r = 0; r < options_.seeds; ++r)
+        bits = bits && runs_.at({"short", masks[s], r}).correct.size() > 0;
+    for (std::size_t s = 0; s < masks.size(); ++s)
+      for (int r = 0; r < options_.seeds; ++r) {
+        const RunRecord& rec = runs_.at({"short", masks[s], r});
+        if (bits)
+          table.set(s, r, rec.correct, rec.val_loss);
+        else
+          table.set(s, r, rec.val_accuracy, rec.val_loss);
+      }
+    if (!bits && options_.seeds < 2) return;  // nothing to pair: one accuracy per structure
+    const stats::PairedOptions po{.seed = derive_seed(train_.seed, seed_domain::resample, 0)};
+    const stats::PairedComparison c = stats::top_group(table, po);
+    PairedSummary summary;
+    summary.test = std::string(stats::to_string(c.test));
+    summary.interval = std::string(stats::to_string(c.interval));
+    summary.alpha = c.alpha;
+    summary.level = c.level;
+    summary.seeds = c.seeds;
+    summary.images = static_cast<std::int64_t>(c.images);
+    summary.resamples = c.resamples;
+    summary.top_group = static_cast<std::int64_t>(c.top_group.size());
+    summary.seed_tau = stats::seed_rank_agreement(table).mean_tau;
+    for (std::size_t s = 0; s < masks.size(); ++s) {
+      const stats::PairedDifference& row = c.rows[s];
+      SearchEntry& e = report.entries[s];  // the table is in the entries' order
+      e.diff = row.difference;
+      e.diff_lo = row.lo;
+      e.diff_hi = row.hi;
+      e.p_adjusted = row.p_adjusted;
+      e.top_group = row.in_top_group;
+    }
+    report.paired = summary;
+
+    // Gate effects need more structures than coefficients (1 + gates).
+    if (static_cast<int>(masks.size()) > family::gates + 1) {
+      GateEffectSummary g;
+      try {
+        const stats::GateEffects fit = stats::fit_gate_effects(table, family::gates);
+        for (const auto& t : fit.terms())
+          if (t.kind != stats::GateTerm::Kind::intercept) {
+            std::string name = family::gate_name(t.gate);
+            if (t.kind == stats::GateTerm::Kind::interaction) name += " x " + family::gate_name(t.other);
+            g.terms.push_back({name, t.estimate, t.lo, t.hi, t.p});
+          }
+        g.r2 = fit.r2();
+        g.adjusted_r2 = fit.adjusted_r2();
+        g.r2_main = fit.r2_main();
+        g.residual_df = fit.residual_df();
+        g.level = fit.level();
+        g.notes = fit.notes();
+      } catch (const InputError& e) {  // a degenerate design (e.g. every accuracy equal): said, not hidden
+        g.notes = {std::string("not fitted: ") + e.what()};
+      }
+      report.gate_effects = std::move(g);
+    }
   }
 
   void save(const std::filesystem::path& path, const nlohmann::json& settings_json,
@@ -489,7 +584,7 @@ class StructureSearch {
   /// `text`: the results file's contents as rank 0 read them (nothing: unreadable). Every
   /// run record is checked (exp/results_file.hpp) before any is kept.
   void load_runs(const std::filesystem::path& path, const std::optional<std::string>& text,
-                 const nlohmann::json& settings_json) {
+                 const nlohmann::json& settings_json, std::size_t val_samples) {
     const std::string where = fmt::format("cannot resume: results file '{}'", path.string());
     if (!text) throw InputError(where + " cannot be read");
     nlohmann::json j;
@@ -507,7 +602,8 @@ class StructureSearch {
                                      describe_difference(j.at(key), value)));
     }
     if (!j.contains("runs")) throw InputError(where + " has no 'runs'");
-    for (const auto& rec : read_run_records(j.at("runs"), where, mask_type::count, options_.seeds))
+    for (const auto& rec :
+         read_run_records(j.at("runs"), where, mask_type::count, options_.seeds, val_samples))
       runs_[{rec.phase, rec.mask, rec.seed}] = rec;
   }
 

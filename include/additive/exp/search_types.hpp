@@ -4,11 +4,13 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "additive/nn/cost.hpp"
+#include "additive/stats/runs.hpp"
 
 namespace additive {
 
@@ -21,6 +23,9 @@ struct RunRecord {
   double val_loss = 0;
   double train_loss = 0;
   double seconds = 0;  ///< wall time of the run (not part of the results' identity)
+  /// Which validation images the run classified right, in the split's order (empty: not
+  /// recorded, as by results files of older versions and by the CUDA runner).
+  stats::CorrectBits correct{};
 };
 
 /// One structure of the leaderboard: a representative of its group of equivalent masks.
@@ -34,6 +39,46 @@ struct SearchEntry {
   double loss_mean = 0, loss_std = 0;
   StructureCost cost;
   bool pareto = false;  ///< on the front of (max accuracy, min communication)
+  /// Paired against the leader (rank 1) on the same seeds and images (stats/paired.hpp),
+  /// as fractions: the mean accuracy difference (0 for the leader) and its interval at
+  /// SearchReport::paired.level, the Holm-adjusted p-value, and whether the structure is
+  /// in the top group (cannot be told apart from the leader at SearchReport::paired.alpha).
+  double diff = 0;
+  double diff_lo = std::numeric_limits<double>::quiet_NaN(),
+         diff_hi = std::numeric_limits<double>::quiet_NaN();
+  double p_adjusted = std::numeric_limits<double>::quiet_NaN();
+  bool top_group = false;
+};
+
+/// How the leaderboard's paired comparisons were made, and what they found.
+struct PairedSummary {
+  std::string test;                   ///< the p-values' test (stats::to_string(PairedTest))
+  std::string interval;               ///< how the intervals were made
+  std::string correction = "Holm";    ///< over the comparisons with the leader
+  double alpha = 0.05, level = 0.95;  ///< family-wise level of the top group; interval level
+  int seeds = 0;
+  std::int64_t images = 0;     ///< validation images per run (0: no per-image bits recorded)
+  int resamples = 0;           ///< bootstrap replicates (0: no bootstrap)
+  std::int64_t top_group = 0;  ///< structures in the top group, the leader included
+  double seed_tau =
+      std::numeric_limits<double>::quiet_NaN();  ///< mean Kendall tau between seeds (NaN: one seed)
+};
+
+/// One term of the gate-effect model (stats/gate_effects.hpp): a gate ("b1 2+3": turning
+/// it on changes the mean validation accuracy by `estimate`, a fraction, averaged over the
+/// other gates) or an interaction ("b1 2+3 x b2 res").
+struct GateEffectRow {
+  std::string name;
+  double estimate = 0, lo = 0, hi = 0, p = 1;
+};
+
+struct GateEffectSummary {
+  std::vector<GateEffectRow> terms;  ///< main effects by gate, then selected interactions
+  double r2 = 0, adjusted_r2 = 0;    ///< variance between structures explained
+  double r2_main = 0;                ///< by the main effects alone
+  int residual_df = 0;
+  double level = 0.95;
+  std::vector<std::string> notes;  ///< gates dropped and why
 };
 
 /// Kendall's tau between the ranking after the search budget and after a longer one.
@@ -51,6 +96,8 @@ struct SearchReport {
   std::vector<SearchEntry> entries;  ///< ranked, best first
   std::optional<RankTrust> trust;
   std::int64_t top_k = 8;
+  std::optional<PairedSummary> paired;            ///< with >= 2 structures
+  std::optional<GateEffectSummary> gate_effects;  ///< when the fit has residual degrees of freedom
 };
 
 }  // namespace additive

@@ -168,7 +168,7 @@ inline std::map<std::uint64_t, double> load_search_accuracies(
                                      json_echo(r)));
       seeds = static_cast<int>(r.get<std::uint64_t>());
     }
-    (void)read_run_records(j.at("runs"), where, structures, seeds);
+    (void)read_run_records(j.at("runs"), where, structures, seeds, std::nullopt);
   }
   return read_report_accuracies(j.at("report"), where, structures, representatives);
 }
@@ -227,7 +227,7 @@ class StochasticGating {
         EvalAllOptions{.threads = options_.threads, .show_progress = options_.progress});
     r.eval_seconds = std::chrono::duration<double>(ProgressBar::Clock::now() - t0).count();
     for (const auto& e : evals) {
-      if (e.mask == r.dense_mask) r.dense_gated = EvalResult{e.loss, e.accuracy, val.size()};
+      if (e.mask == r.dense_mask) r.dense_gated = EvalResult{.loss = e.loss, .accuracy = e.accuracy, .samples = val.size()};
       if (e.mask == r.dense_mask && !dense_listed) continue;
       StochasticEntry entry{e.mask, family::to_string(mask_type(e.mask)), e.accuracy, e.loss, std::nullopt};
       if (const auto it = search_acc.find(e.mask); it != search_acc.end()) entry.search_accuracy = it->second;

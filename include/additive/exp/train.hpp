@@ -41,6 +41,7 @@
 #include "additive/optim/adamw.hpp"
 #include "additive/optim/schedule.hpp"
 #include "additive/optim/sgd.hpp"
+#include "additive/stats/runs.hpp"
 
 namespace additive {
 
@@ -140,6 +141,9 @@ struct EvalResult {
   double loss = 0;
   double accuracy = 0;
   std::int64_t samples = 0;
+  /// Sample i of the view classified right (bit i); what paired comparisons of structures
+  /// need (stats/paired.hpp). Trainer::evaluate fills it; empty where not recorded.
+  stats::CorrectBits correct{};
 };
 
 struct EpochRecord {
@@ -300,6 +304,7 @@ class Trainer {
     std::vector<std::int32_t> y;
     double loss_sum = 0;
     std::int64_t correct = 0;
+    r.correct = stats::CorrectBits(static_cast<std::size_t>(data.size()));
     for (std::int64_t b = 0; b < batches.num_batches(); ++b) {
       batches.batch(b, x, y);
       const T loss = model_.forward(mask_, params_, MatView<const T>(x.data(), x.rows(), x.cols()), y);
@@ -309,7 +314,9 @@ class Trainer {
         Index best = 0;
         for (Index c = 1; c < logits.rows; ++c)
           if (logits(c, j) > logits(best, j)) best = c;
-        correct += best == y[static_cast<std::size_t>(j)] ? 1 : 0;
+        const bool right = best == y[static_cast<std::size_t>(j)];
+        correct += right ? 1 : 0;
+        if (right) r.correct.set(static_cast<std::size_t>(b * run_.eval_batch + j), true);  // unshuffled
       }
     }
     r.samples = data.size();

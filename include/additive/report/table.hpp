@@ -1,7 +1,10 @@
 // Tabular text of the reports: aligned terminal tables and RFC 4180 CSV fields.
 #pragma once
 
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <string>
 #include <string_view>
@@ -25,6 +28,10 @@ inline std::string csv_quoted(std::string_view s) {
 inline std::string csv_field(std::string_view s) {
   return s.find_first_of(",\"\r\n") == std::string_view::npos ? std::string(s) : csv_quoted(s);
 }
+
+/// A number of CSV: the shortest text that reads back exactly; empty when not finite
+/// (a missing value, as spreadsheet and data-frame readers take it).
+inline std::string csv_number(double v) { return std::isfinite(v) ? fmt::format("{}", v) : std::string(); }
 
 /// A column of render_table.
 struct TableColumn {
