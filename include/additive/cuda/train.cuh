@@ -657,9 +657,11 @@ class Trainer {
       const T loss = host_losses_[static_cast<std::size_t>(b)];
       if (!std::isfinite(static_cast<double>(loss)))
         throw InputError(fmt::format(
-            fmt::runtime("training diverged: loss is {} at step {} ({})"), double(loss), epoch_first_step_ + b,
-            resumed_from_.empty() ? std::string("lower --lr?")
-                                  : fmt::format(fmt::runtime("resumed from checkpoint '{}'"), resumed_from_.string())));
+            fmt::runtime("training diverged: loss is {} at step {} ({})"), double(loss),
+            epoch_first_step_ + b,
+            resumed_from_.empty()
+                ? std::string("lower --lr?")
+                : fmt::format(fmt::runtime("resumed from checkpoint '{}'"), resumed_from_.string())));
       epoch_loss_sum_ += double(loss);
     }
     folded_ = upto;

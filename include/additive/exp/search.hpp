@@ -499,19 +499,16 @@ class StructureSearch {
     std::vector<std::uint64_t> masks;
     for (const auto& e : report.entries) masks.push_back(e.mask);
     stats::RunTable table(masks, options_.seeds);
-    bool bits = true;
-    for (std::size_t s = 0; s < masks.size(); ++s)
-      for (int r = 0; r < options_.seeds; ++r)
-        bits = bits && runs_.at({"short", masks[s], r}).correct.size() > 0;
     for (std::size_t s = 0; s < masks.size(); ++s)
       for (int r = 0; r < options_.seeds; ++r) {
         const RunRecord& rec = runs_.at({"short", masks[s], r});
-        if (bits)
+        if (rec.correct.size() > 0)
           table.set(s, r, rec.correct, rec.val_loss);
-        else
+        else  // a run of an older results file, or of the CUDA runner
           table.set(s, r, rec.val_accuracy, rec.val_loss);
       }
-    if (!bits && options_.seeds < 2) return;  // nothing to pair: one accuracy per structure
+    // Without every run's images and with one seed there is nothing to pair.
+    if (!table.has_correct() && options_.seeds < 2) return;
     const stats::PairedOptions po{.seed = derive_seed(train_.seed, seed_domain::resample, 0)};
     const stats::PairedComparison c = stats::top_group(table, po);
     PairedSummary summary;

@@ -227,7 +227,8 @@ class StochasticGating {
         EvalAllOptions{.threads = options_.threads, .show_progress = options_.progress});
     r.eval_seconds = std::chrono::duration<double>(ProgressBar::Clock::now() - t0).count();
     for (const auto& e : evals) {
-      if (e.mask == r.dense_mask) r.dense_gated = EvalResult{.loss = e.loss, .accuracy = e.accuracy, .samples = val.size()};
+      if (e.mask == r.dense_mask)
+        r.dense_gated = EvalResult{.loss = e.loss, .accuracy = e.accuracy, .samples = val.size()};
       if (e.mask == r.dense_mask && !dense_listed) continue;
       StochasticEntry entry{e.mask, family::to_string(mask_type(e.mask)), e.accuracy, e.loss, std::nullopt};
       if (const auto it = search_acc.find(e.mask); it != search_acc.end()) entry.search_accuracy = it->second;
