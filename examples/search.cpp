@@ -55,6 +55,11 @@ struct Flags {
   std::string precision = "fp32";
   int concurrent = 0;
   double comm_timeout = 300;
+  std::string race = "1x1,3x2,5x4";
+  std::string full_race = "1x2,3x5,5x10";
+  bool no_race = false;
+  bool budget_given = false;  ///< --seeds or --epochs on the command line
+  bool race_given = false;
 };
 
 /// --device cuda is possible here: this build has the CUDA backend and the machine a GPU.
@@ -76,7 +81,18 @@ int run(Flags f, TrainOptions train, SearchOptions search, Comm& comm) {
     f.limit = 0;
     f.d = 256;
     f.h = 1024;
-    train.epochs = 10;
+    if (f.no_race || f.budget_given) {
+      if (!f.budget_given) train.epochs = 10;
+    } else if (!f.race_given) {
+      f.race = f.full_race;
+    }
+  }
+  if (!f.no_race) {
+    if (f.budget_given)
+      throw InputError(
+          "--seeds and --epochs set the budget of a search without racing: add --no-race, or give the "
+          "rungs of the race as --race SEEDSxEPOCHS,...");
+    search.race = parse_rungs(f.race);
   }
   train.seed = static_cast<std::uint64_t>(f.seed);
   search.sample_seed = static_cast<std::uint64_t>(f.sample_seed);
@@ -124,16 +140,20 @@ int run(Flags f, TrainOptions train, SearchOptions search, Comm& comm) {
 
   const auto masks = engine.candidates();
   if (root) {
+    const std::string budget =
+        search.race.empty()
+            ? fmt::format("{} epochs, seeds {}", train.epochs, search.seeds)
+            : fmt::format("race {} (seeds x epochs per rung, at most 1/{} go on)", f.race, search.eta);
     std::printf("family %s: %llu structures, %zu considered\n", F::describe().c_str(),
                 static_cast<unsigned long long>(F::mask_type::count), masks.size());
     std::printf(
-        "data %s: %lld train%s, %lld validation  |  d %lld, h %lld  |  %lld epochs, batch %lld, lr %g, seeds "
-        "%d, workers %d%s\n",
+        "data %s: %lld train%s, %lld validation (one image = %.3f points)  |  d %lld, h %lld  |  %s, batch "
+        "%lld, lr %g, workers %d%s\n",
         f.data.c_str(), static_cast<long long>(train_view->size()),
         f.limit > 0 ? " (--limit; --full for all)" : "", static_cast<long long>(val_view->size()),
-        static_cast<long long>(f.d), static_cast<long long>(f.h), static_cast<long long>(train.epochs),
-        static_cast<long long>(train.batch), train.lr, search.seeds, search.workers,
-        comm.size() > 1 ? fmt::format(" on each of {} MPI ranks", comm.size()).c_str() : "");
+        100.0 / static_cast<double>(val_view->size()), static_cast<long long>(f.d),
+        static_cast<long long>(f.h), budget.c_str(), static_cast<long long>(train.batch), train.lr,
+        search.workers, comm.size() > 1 ? fmt::format(" on each of {} MPI ranks", comm.size()).c_str() : "");
     std::fflush(stdout);
   }
 
@@ -178,7 +198,15 @@ int main(int argc, char** argv) {
   app.add_option("--sample", search.sample, "train a seeded sample of this many structures instead of all")
       ->check(within<std::int64_t>(0, big));
   app.add_option("--sample-seed", f.sample_seed, "seed of the sample")->check(within<std::int64_t>(0, big));
-  app.add_option("--seeds", search.seeds, "seeds per structure (mean and std in the table)")
+  app.add_option("--race", f.race,
+                 "racing rungs SEEDSxEPOCHS,...: every structure runs the first; each rung passes its top "
+                 "group (at most 1/--eta) to the next")
+      ->capture_default_str();
+  app.add_flag("--no-race", f.no_race, "train every structure with --seeds x --epochs instead of racing");
+  app.add_option("--eta", search.eta, "a rung passes on at most 1/eta of its structures (at least 2)")
+      ->capture_default_str()
+      ->check(within<std::int64_t>(2, 1000000));
+  app.add_option("--seeds", search.seeds, "without racing: seeds per structure")
       ->capture_default_str()
       ->check(within(1, 1000));
   app.add_option("--workers", search.workers,
@@ -196,12 +224,14 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(within<std::int64_t>(2, big));
   app.add_flag("--no-dedupe", f.no_dedupe, "train equivalent structures separately");
-  additive::flags::add_budget_options(app, train.epochs, train.lr, train.batch, "epochs per structure",
-                                      "batch size");
+  additive::flags::add_budget_options(app, train.epochs, train.lr, train.batch,
+                                      "without racing: epochs per structure", "batch size");
   additive::flags::add_seed_option(app, f.seed, "base seed: initial weights, validation split, data order");
   additive::flags::add_data_options(app, f.data, f.val, f.limit);
   additive::flags::add_width_options(app, f.d, f.h, 4);
-  app.add_flag("--full", f.full, "the full run: all training data, d 256, h 1024, 10 epochs");
+  app.add_flag(
+      "--full", f.full,
+      "the full run: all training data, d 256, h 1024, race 1x2,3x5,5x10 (without racing: 10 epochs)");
   app.add_flag("--quiet", f.quiet, "no progress bar");
   app.add_option("--device", f.device,
                  "cpu (--workers threads), or cuda (structures trained concurrently on the GPU)")
@@ -217,6 +247,8 @@ int main(int argc, char** argv) {
       ->check(within(0, 4096));
   additive::flags::add_comm_timeout_option(app, f.comm_timeout);
   if (const int code = additive::flags::parse(app, argc, argv); code >= 0) return code;
+  f.budget_given = app.count("--seeds") > 0 || app.count("--epochs") > 0;
+  f.race_given = app.count("--race") > 0;
   auto dispatch = [&](auto& comm) {
     check_device(f);
     return with_family(

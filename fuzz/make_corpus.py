@@ -318,6 +318,7 @@ def results(rng, masks=(0, 5, 63), seeds=2, long_top=1, equivalent=None):
                     "phase": "short",
                     "mask": m,
                     "seed": r,
+                    "epochs": 1,
                     "val_accuracy": acc,
                     "val_loss": round(rng.uniform(0.2, 1.5), 6),
                     "train_loss": round(rng.uniform(0.2, 1.5), 6),
@@ -342,7 +343,8 @@ def results(rng, masks=(0, 5, 63), seeds=2, long_top=1, equivalent=None):
         e["rank"] = i + 1
     for m in masks[:long_top]:
         runs.append(
-            {"phase": "long", "mask": m, "seed": 0, "val_accuracy": 0.8, "val_loss": 0.4, "train_loss": 0.3}
+            {"phase": "long", "mask": m, "seed": 0, "epochs": 2, "val_accuracy": 0.8, "val_loss": 0.4,
+             "train_loss": 0.3}
         )
     return {
         "format": "additive-search-1",
@@ -429,6 +431,11 @@ def results_corpus():
         "bad-seed-2.json": changed(lambda j: j["runs"][0].update(seed=2)),
         "bad-long-seed-1.json": changed(lambda j: j["runs"][-1].update(seed=1)),
         "bad-phase.json": changed(lambda j: j["runs"][0].update(phase="medium")),
+        "bad-epochs-0.json": changed(lambda j: j["runs"][0].update(epochs=0)),
+        "bad-epochs-float.json": changed(lambda j: j["runs"][0].update(epochs=1.5)),
+        # A raced search: seed indices up to the largest rung's (load_search_accuracies reads "race").
+        "ok-race.json": changed(lambda j: (j["search"].update(race=[[1, 1], [3, 2]], eta=4),
+                                           j["runs"].append(dict(j["runs"][0], seed=2, epochs=2)))[0]),
         "bad-missing-field.json": changed(lambda j: j["runs"][0].pop("train_loss")),
         "bad-duplicate-run.json": changed(dup),
         "bad-entries-missing.json": changed(lambda j: j["report"].pop("entries")),

@@ -129,6 +129,12 @@ TEST_CASE("read_run_records: what the search could have written, and nothing els
   CHECK(good[0].seed == 1);
   CHECK(good[0].val_accuracy == 0.5);
   CHECK(good[0].seconds == 0.25);
+  CHECK(good[0].epochs == 0);  // not recorded (files of earlier versions)
+  const auto with_epochs = additive::read_run_records(
+      json::array({record({{"epochs", 3}}), record({{"epochs", 4}})}), where, 64, 2, std::nullopt);
+  REQUIRE(with_epochs.size() == 2);  // one seed at two budgets: two runs
+  CHECK(with_epochs[0].epochs == 3);
+  CHECK(with_epochs[1].epochs == 4);
 
   const std::vector<std::pair<json, std::string>> bad = {
       {json{{"val_accuracy", 7.5}},
@@ -147,6 +153,10 @@ TEST_CASE("read_run_records: what the search could have written, and nothing els
       {json{{"seed", 2}}, "'seed' 2, expected a seed index in [0, 2)"},
       {json{{"phase", "long"}}, "'seed' 1, expected a seed index in [0, 1)"},
       {json{{"phase", "medium"}}, "'phase' \"medium\", expected \"short\" or \"long\""},
+      {json{{"epochs", 0}}, "'epochs' 0, expected an integer in [1, 1000000]"},
+      {json{{"epochs", 2.5}}, "'epochs' 2.5, expected an integer"},
+      {json{{"epochs", 1e12}}, "'epochs' 1000000000000.0, expected"},
+      {json{{"epochs", "4"}}, "'epochs' \"4\""},
   };
   for (const auto& [changes, expected] : bad) {
     CAPTURE(changes.dump());

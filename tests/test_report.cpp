@@ -377,6 +377,85 @@ TEST_CASE(
   CHECK(records.at(2).at(19) == "true");
 }
 
+TEST_CASE("a raced report: each entry's budget, cut marks, the race in every output, the gate-effect chart") {
+  SearchReport r = paired_report();
+  // Rung 1: all 6 at 1 seed x 1 epoch, top group 5, the best 3 go on; rung 2: 3 x 2 epochs.
+  r.eta = 2;
+  r.rungs = {{.seeds = 1, .epochs = 1, .structures = 6, .top_group = 5, .kept = 3, .seed_tau = std::nan("")},
+             {.seeds = 3, .epochs = 2, .structures = 3, .top_group = 3, .kept = 0, .seed_tau = 0.25}};
+  const double screen[] = {0.90, 0.91, 0.89, 0.92, 0.88, 0.85};
+  for (std::size_t i = 0; i < r.entries.size(); ++i) {
+    auto& e = r.entries[i];
+    e.rung = i < 3 ? 1 : 0;
+    e.runs = i < 3 ? 3 : 1;
+    e.epochs = i < 3 ? 2 : 1;
+    e.screen_acc = screen[i];
+    e.cut = i == 3;
+    e.top_group = i < 3;
+  }
+  // The front compares the first rung's accuracies: (0.92, 0.25 MiB) and (0.85, 0 MiB).
+  additive::mark_pareto(r.entries);
+  for (std::size_t i = 0; i < r.entries.size(); ++i) CHECK(r.entries[i].pareto == (i == 3 || i == 5));
+
+  const std::string text = additive::leaderboard_text(r, 10);
+  MESSAGE("\n" << text);
+  const auto lines = lines_of(text);
+  std::size_t header = lines.size();
+  for (std::size_t i = 0; i < lines.size(); ++i)
+    if (lines[i].find("seeds x epochs") != std::string::npos && header == lines.size()) header = i;
+  REQUIRE(header < lines.size());
+  CHECK(lines[header].find("vs its rung's #1, points") != std::string::npos);
+  CHECK(lines[header + 1].find(" 3x2 ") != std::string::npos);
+  CHECK(lines[header + 4].find(" 1x1 ") != std::string::npos);
+  CHECK(lines[header + 4].find(" cut ") != std::string::npos);
+  CHECK(lines[header + 5].find(" cut ") == std::string::npos);
+  CHECK(text.find("rung 1: 6 structures x 1 seed x 1 epoch: top group 5, 3 went on\n") != std::string::npos);
+  CHECK(text.find("rung 2: 3 structures x 3 seeds x 2 epochs: top group 3, seed tau 0.250\n") !=
+        std::string::npos);
+  CHECK(text.find("at most 1/2 of its structures") != std::string::npos);
+  CHECK(text.find(
+            "top =: the 3 of 3 structures of the last rung that cannot be told apart from #1 (Holm-adjusted "
+            "p >= 0.05 over 2 comparisons") != std::string::npos);
+  CHECK(text.find("front *: on the Pareto front of (max val accuracy at the first rung") !=
+        std::string::npos);
+  CHECK(text.find("gate effects on val accuracy at 1x1, the first rung") != std::string::npos);
+  for (const auto& line : lines) CHECK(!line.ends_with(" "));
+
+  const nlohmann::json j = additive::to_json(r);
+  CHECK(j.at("eta") == 2);
+  CHECK(j.at("rungs").size() == 2);
+  CHECK(j.at("rungs").at(0).at("kept") == 3);
+  CHECK(j.at("rungs").at(0).at("seed_tau").is_null());
+  CHECK(j.at("entries").at(3).at("cut") == true);
+  CHECK(j.at("entries").at(3).at("rung") == 0);
+  CHECK(j.at("entries").at(0).at("epochs") == 2);
+  CHECK(j.at("entries").at(0).at("screen_acc") == 0.90);
+  const auto records = parse_csv(additive::results_csv(r));
+  REQUIRE(records.at(0).size() == 24);
+  CHECK(records.at(0).at(20) == "epochs");
+  CHECK(records.at(4).at(20) == "1");
+  CHECK(records.at(4).at(21) == "0");
+  CHECK(records.at(4).at(22) == "true");
+  CHECK(records.at(4).at(23) == "0.92");
+
+  const std::string svg = additive::report_svg(r);
+  CHECK(svg.find("id=\"gate-effects\"") != std::string::npos);
+  CHECK(svg.find("gate effects on validation accuracy at 1x1 (the first rung)") != std::string::npos);
+  CHECK(svg.find("<title>b1 1+2: +1.23 points [+0.51, +1.95]</title>") != std::string::npos);
+  CHECK(svg.find("<title>b2 res: -0.11 points [-0.40, +0.18]</title>") != std::string::npos);
+  CHECK(svg.find("height=\"440\"") == std::string::npos);  // the chart adds rows below
+  // The scatter is at the first rung's accuracy; whiskers only for the last rung's entries
+  // (top 4: #2 and #3; #4 was compared with another rung's leader).
+  CHECK(svg.find("#4 0x33 [1|2|34] . [12|3|4]: 92.00% val accuracy") != std::string::npos);
+  CHECK(count(svg, "stroke=\"#222222\" stroke-width=\"1.2\"") == 2);
+  CHECK(svg.find("validation accuracy (%) at 1x1 (the first rung)") != std::string::npos);
+  TempDir dir("raced");
+  additive::write_report_svg(dir.path / "raced.svg", r);
+  check_with_python(dir.path / "raced.svg", r.entries.size());
+  if (const char* keep = std::getenv("ADDITIVE_KEEP_REPORT_SVG"))
+    additive::write_report_svg(fs::path(keep) / "raced.svg", r);
+}
+
 TEST_CASE("JSON: the full report, and run records that read back") {
   const SearchReport r = sample_report();
   const nlohmann::json j = additive::to_json(r);
@@ -441,12 +520,30 @@ TEST_CASE("CSV: one record per entry, RFC 4180 quoting that parses back") {
 
   const auto records = parse_csv(csv);
   REQUIRE(records.size() == 7);
-  const std::vector<std::string> header = {
-      "rank",       "mask",          "structure",        "equivalent",
-      "runs",       "acc_mean",      "acc_std",          "loss_mean",
-      "loss_std",   "active_params", "flops_per_sample", "allreduces",
-      "comm_bytes", "comm_seconds",  "pareto",           "diff_vs_leader",
-      "diff_lo",    "diff_hi",       "p_adjusted",       "top_group"};
+  const std::vector<std::string> header = {"rank",
+                                           "mask",
+                                           "structure",
+                                           "equivalent",
+                                           "runs",
+                                           "acc_mean",
+                                           "acc_std",
+                                           "loss_mean",
+                                           "loss_std",
+                                           "active_params",
+                                           "flops_per_sample",
+                                           "allreduces",
+                                           "comm_bytes",
+                                           "comm_seconds",
+                                           "pareto",
+                                           "diff_vs_leader",
+                                           "diff_lo",
+                                           "diff_hi",
+                                           "p_adjusted",
+                                           "top_group",
+                                           "epochs",
+                                           "rung",
+                                           "cut",
+                                           "screen_acc"};
   CHECK(records[0] == header);
   for (std::size_t i = 0; i < r.entries.size(); ++i) {
     const SearchEntry& e = r.entries[i];

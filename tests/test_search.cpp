@@ -2,6 +2,7 @@
 // the degenerate family, identical results for any worker count, resume, Kendall's tau.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -159,6 +160,121 @@ TEST_CASE("the search on 3 thread ranks equals one process, and an error on one 
     }
   });
   for (const auto& e : errors) CHECK(e == "training set is empty");
+}
+
+TEST_CASE("racing: each rung narrows the field; the same for any workers and ranks; a resume is exact") {
+  const auto train_set = synthetic(96, 1);
+  const auto val_set = synthetic(48, 2);
+  const DatasetView tv(train_set), vv(val_set);
+  const nlohmann::json data{{"synthetic", 1}};
+  SearchOptions options{.sample = 16, .sample_seed = 4, .top_k = 4, .workers = 1};
+  options.race = {{1, 1}, {2, 1}, {2, 2}};
+  options.eta = 4;
+
+  Search<Default> one(model, train, options);
+  const auto a = one.run(tv, vv, {}, false, data, false);
+  REQUIRE(a.rungs.size() == 3);  // the data leave ties at every rung: the race runs to its end
+  CHECK(a.eta == 4);
+  CHECK(a.rungs[0].structures == 16);
+  std::int64_t expected_runs = 16;  // rung 2 reuses seed 0 of rung 1 (same seed, same epochs)
+  for (std::size_t k = 0; k + 1 < a.rungs.size(); ++k) {
+    const RungSummary& g = a.rungs[k];
+    CHECK(g.kept == std::min<std::int64_t>(g.top_group, std::max<std::int64_t>(2, (g.structures + 3) / 4)));
+    CHECK(a.rungs[k + 1].structures == g.kept);
+  }
+  expected_runs += a.rungs[1].structures * 1 + a.rungs[2].structures * 2;
+  CHECK(one.runs_trained() == expected_runs);
+  // The leaderboard: the last rung first, then the dropped, latest rung first; each
+  // entry's numbers at its last rung's budget; only the last rung has a top group.
+  int previous = 2;
+  std::int64_t cut = 0;
+  for (const auto& e : a.entries) {
+    CHECK(e.rung <= previous);
+    previous = e.rung;
+    CHECK(e.runs == options.race[static_cast<std::size_t>(e.rung)].seeds);
+    CHECK(e.epochs == options.race[static_cast<std::size_t>(e.rung)].epochs);
+    CHECK((!e.top_group || e.rung == 2));
+    CHECK((!e.cut || e.rung < 2));
+    CHECK(std::isfinite(e.screen_acc));
+    cut += e.cut ? 1 : 0;
+  }
+  CHECK(cut == a.rungs[0].top_group - a.rungs[0].kept + a.rungs[1].top_group - a.rungs[1].kept);
+  REQUIRE(a.paired.has_value());
+  CHECK(a.paired->seeds == 2);
+  CHECK(a.paired->top_group == a.rungs[2].top_group);
+  REQUIRE(a.gate_effects.has_value());  // fitted at the first rung, where all 16 ran
+
+  auto same = [](const SearchReport& x, const SearchReport& y) {
+    check_same_ranking(x, y);
+    REQUIRE(x.rungs.size() == y.rungs.size());
+    for (std::size_t k = 0; k < x.rungs.size(); ++k) {
+      CHECK(x.rungs[k].top_group == y.rungs[k].top_group);
+      CHECK(x.rungs[k].kept == y.rungs[k].kept);
+    }
+    for (std::size_t i = 0; i < x.entries.size(); ++i) {
+      CHECK(x.entries[i].rung == y.entries[i].rung);
+      CHECK(x.entries[i].cut == y.entries[i].cut);
+      CHECK(x.entries[i].top_group == y.entries[i].top_group);
+      CHECK(x.entries[i].diff == y.entries[i].diff);
+    }
+  };
+  options.workers = 2;
+  Search<Default> two(model, train, options);
+  const auto path = temp_path("race");
+  const auto b = two.run(tv, vv, path, false, data, false);
+  same(a, b);
+
+  std::vector<SearchReport> ranks(3);
+  dist::run_threads(3, [&](dist::ThreadComm& comm) {
+    Search<Default> s(model, train, options);
+    ranks[static_cast<std::size_t>(comm.rank())] = s.run(comm, tv, vv, {}, false, data, false);
+  });
+  for (const auto& r : ranks) same(a, r);
+
+  // Killed in the second rung: the file holds the first rung and two runs of the second.
+  nlohmann::json j = nlohmann::json::parse(std::ifstream(path));
+  REQUIRE(j["runs"].size() == static_cast<std::size_t>(expected_runs));
+  std::vector<nlohmann::json> kept;
+  int second = 0;
+  for (const auto& r : j["runs"])
+    if (r["epochs"] == 1 && (r["seed"] == 0 || second++ < 2)) kept.push_back(r);
+  REQUIRE(kept.size() == 18);
+  j["runs"] = kept;
+  j["complete"] = false;
+  j.erase("report");
+  std::ofstream(path) << j.dump();
+  Search<Default> resumed(model, train, options);
+  same(a, resumed.run(tv, vv, path, true, data, false));
+  CHECK(resumed.runs_trained() == expected_runs - 18);
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("racing: the rungs are read from text and checked") {
+  CHECK(parse_rungs("1x1,3x2,5x4") == std::vector<Rung>{{1, 1}, {3, 2}, {5, 4}});
+  CHECK(parse_rungs("2x7") == std::vector<Rung>{{2, 7}});
+  for (const char* bad :
+       {"", "1x", "x2", "1x1,", "0x1", "1y1", "1x1,,2x2", "-1x2", "1x2x3", "1001x1", "1 x1"})
+    CHECK_THROWS_WITH_AS(parse_rungs(bad), doctest::Contains("expected SEEDSxEPOCHS"), InputError);
+  auto check = [](std::vector<Rung> race, int seeds, const char* message) {
+    SearchOptions o;
+    o.race = std::move(race);
+    o.seeds = seeds;
+    CHECK_THROWS_WITH_AS(o.validate(64), doctest::Contains(message), InputError);
+  };
+  check({{1, 1}, {1, 1}}, 1, "must add seeds or epochs");
+  check({{3, 2}, {2, 4}}, 1, "take none away");
+  check({{1, 1}}, 2, "seeds must stay 1");
+  SearchOptions o;
+  o.race = {{1, 1}, {1, 2}};
+  o.eta = 1;
+  CHECK_THROWS_WITH_AS(o.validate(64), doctest::Contains("eta"), InputError);
+  o.eta = 2;
+  CHECK_NOTHROW(o.validate(64));
+  CHECK(o.max_seeds() == 1);
+  CHECK(o.rungs(9) == o.race);
+  o.race.clear();
+  o.seeds = 3;
+  CHECK(o.rungs(9) == std::vector<Rung>{{3, 9}});
 }
 
 TEST_CASE("Kendall's tau-b against hand-computed values") {

@@ -9,7 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.bash"
 require_drivers search stochastic cotrain
 data="$WORK/data"
 "${MAKE_IDX[@]}" "$data" --train 200 --test 16
-S=(--data "$data" --epochs 1 --limit 64 --val 16 --d 16 --h 32 --batch 32 --workers 1 --quiet --sample 3 --seeds 2)
+S=(--data "$data" --epochs 1 --limit 64 --val 16 --d 16 --h 32 --batch 32 --workers 1 --quiet --sample 3 --no-race --seeds 2)
 C=(--data "$data" --epochs 1 --limit 64 --val 16 --d 16 --h 32 --batch 32 --quiet)
 
 check "a tiny search (3 structures, 2 seeds) writes its results" -- "$SEARCH" "${S[@]}" --out "$WORK/search"

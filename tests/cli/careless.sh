@@ -15,7 +15,7 @@ S=(--data "$data" --epochs 1 --limit 64 --val 16 --d 16 --h 32 --batch 32 --quie
 # --out: a file, under a file, read-only (as root: the driver runs as nobody via setpriv).
 echo "not a directory" >"$WORK/file"
 expect_input_error "search --out is a file" "--out" "'$WORK/file' exists and is not a directory" -- \
-  "$SEARCH" "${S[@]}" --out "$WORK/file"
+  "$SEARCH" "${S[@]}" --no-race --out "$WORK/file"
 expect_input_error "stochastic --out is a file" "--out" "is not a directory" -- \
   "$STOCH" "${S[@]}" --threads 1 --out "$WORK/file"
 expect_input_error "cotrain --out is a file" "--out" "is not a directory" -- \
@@ -43,7 +43,7 @@ B=(--data "$data" --epochs 1 --limit 64 --val 16 --batch 32 --quiet --d 65536 --
 expect_input_error "train --d 65536 --h 1048576" "--d 65536 --h 1048576" "parameters" "more than this machine's" -- \
   "$TRAIN" "${B[@]}"
 expect_input_error "search --d 65536 --h 1048576" "--d 65536 --h 1048576" "more than this machine's" -- \
-  "$SEARCH" "${B[@]}" --out "$WORK/big"
+  "$SEARCH" "${B[@]}" --no-race --out "$WORK/big"
 expect_input_error "cotrain --d 65536 --h 1048576" "--d 65536 --h 1048576" "more than this machine's" -- \
   "$COTRAIN" "${B[@]}" --masks 0x3f --out "$WORK/big"
 
@@ -51,7 +51,7 @@ expect_input_error "cotrain --d 65536 --h 1048576" "--d 65536 --h 1048576" "more
 expect_input_error "train --seed 2^64" "--seed" "18446744073709551616 is outside" -- \
   "$TRAIN" "${T[@]}" --seed 18446744073709551616
 expect_input_error "search --seed 2^63" "--seed" "9223372036854775808 is outside" -- \
-  "$SEARCH" "${S[@]}" --seed 9223372036854775808 --out "$WORK/s"
+  "$SEARCH" "${S[@]}" --no-race --seed 9223372036854775808 --out "$WORK/s"
 check "train --seed 2^63 - 1 is accepted" -- "$TRAIN" "${T[@]}" --seed 9223372036854775807
 
 # A newline in a mask or a path: escaped, the error stays one line.

@@ -10,7 +10,7 @@ SEARCH="$ADDITIVE_BINARY_DIR/bin/search"
 data="$WORK/data"
 "${MAKE_IDX[@]}" "$data" --train 300 --test 32
 T=(--data "$data" --limit 64 --val 16 --d 16 --h 32 --threads 1 --quiet --epochs 2 --batch 16)
-S=(--data "$data" --limit 64 --val 16 --d 16 --h 32 --epochs 1 --batch 16 --quiet --sample 4)
+S=(--data "$data" --limit 64 --val 16 --d 16 --h 32 --epochs 1 --batch 16 --quiet --sample 4 --no-race)
 
 # The drivers without a GPU path say so, GPU or not.
 for driver in stochastic cotrain; do

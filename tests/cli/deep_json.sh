@@ -10,7 +10,7 @@ require_drivers search stochastic cotrain
 data="$WORK/data"
 "${MAKE_IDX[@]}" "$data" --train 200 --test 16
 T=(--data "$data" --epochs 1 --limit 64 --val 16 --d 16 --h 32 --threads 1 --quiet)
-S=(--data "$data" --epochs 1 --limit 64 --val 16 --d 16 --h 32 --batch 32 --workers 1 --quiet)
+S=(--data "$data" --no-race --epochs 1 --limit 64 --val 16 --d 16 --h 32 --batch 32 --workers 1 --quiet)
 C=(--data "$data" --epochs 1 --limit 64 --val 16 --d 16 --h 32 --batch 32 --quiet)
 deep=200000
 

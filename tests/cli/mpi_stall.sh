@@ -109,7 +109,7 @@ stall() {
 
 # Runs that would take minutes: 16 structures x 40 seeds of a search, 1000 epochs of cotrain.
 stall "search on 2 MPI ranks" "$SEARCH" --data "$data" --limit 1800 --val 200 --d 32 --h 64 \
-  --epochs 2 --batch 32 --sample 16 --seeds 40 --long-epochs 0 --workers 1 --quiet --out "$WORK/search"
+  --no-race --epochs 2 --batch 32 --sample 16 --seeds 40 --long-epochs 0 --workers 1 --quiet --out "$WORK/search"
 stall "cotrain on 2 MPI ranks" "$COTRAIN" --data "$data" --limit 1800 --val 200 --d 32 --h 64 \
   --epochs 1000 --batch 32 --masks 0x3f,0x15 --quiet --out "$WORK/cotrain"
 

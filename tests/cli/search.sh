@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # ADDITIVE_TEST_LABELS: slow
-# The search driver: the same results for 1 and 2 workers; a search killed (SIGKILL)
-# after some runs and resumed writes the same results as an uninterrupted one, without
-# training the finished runs again; bad flags and bad results files are one clear line.
+# The search driver, racing (its default): the same results for 1 and 2 workers; a search
+# killed (SIGKILL) after some runs and resumed writes the same results as an uninterrupted
+# one, without training the finished runs again; bad flags and bad results files are one
+# clear line.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.bash"
 
 SEARCH="$ADDITIVE_BINARY_DIR/bin/search"
 data="$WORK/data"
 "${MAKE_IDX[@]}" "$data" --train 2400 --test 32
-S=(--data "$data" --limit 2000 --val 300 --d 64 --h 256 --epochs 2 --batch 32 --quiet)
+R=(--data "$data" --limit 2000 --val 300 --d 64 --h 256 --batch 32 --quiet)
+S=("${R[@]}" --race 1x1,2x1,2x2)
 
 check "uninterrupted search, 1 worker" -- "$SEARCH" "${S[@]}" --workers 1 --out "$WORK/one"
 check "the same search, 2 workers" -- "$SEARCH" "${S[@]}" --workers 2 --out "$WORK/two"
@@ -52,5 +54,19 @@ expect_input_error "--resume from a corrupt results file" "not a search results 
   "$SEARCH" "${S[@]}" --resume --out "$WORK/garbage"
 expect_input_error "--resume with other settings" "other train settings" -- \
   "$SEARCH" "${S[@]}" --lr 0.01 --resume --out "$WORK/one"
+if python3 - "$WORK/one/results.json" <<'EOF'
+import json, sys
+j = json.load(open(sys.argv[1]))
+rungs = j["report"]["rungs"]
+assert len(rungs) >= 2 and rungs[0]["structures"] == 64, rungs
+assert all("epochs" in run for run in j["runs"])
+EOF
+then pass "the race ran past its first rung, and its report says so"
+else fail "the race stopped at its first rung"; fi
+expect_input_error "--seeds while racing" "--seeds and --epochs" "--no-race" -- \
+  "$SEARCH" "${S[@]}" --seeds 3 --out "$WORK/r1"
+expect_input_error "--race 1x1,1x1" "rung 2 (1x1) must add seeds or epochs" -- \
+  "$SEARCH" "${R[@]}" --race 1x1,1x1 --out "$WORK/r2"
+expect_input_error "--race 3x" "race '3x'" "SEEDSxEPOCHS" -- "$SEARCH" "${R[@]}" --race 3x --out "$WORK/r3"
 expect_input_error "--family unknown" "--family" -- "$SEARCH" "${S[@]}" --family wide --out "$WORK/f"
 finish

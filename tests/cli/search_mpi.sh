@@ -25,7 +25,7 @@ MPI=("$MPIEXEC" -n 2 --oversubscribe)
 
 data="$WORK/data"
 "${MAKE_IDX[@]}" "$data" --train 700 --test 16
-S=(--data "$data" --limit 600 --val 100 --d 16 --h 32 --epochs 1 --batch 32 --sample 16 --seeds 2
+S=(--data "$data" --limit 600 --val 100 --d 16 --h 32 --epochs 1 --batch 32 --sample 16 --no-race --seeds 2
   --long-epochs 2 --long-top 4 --workers 1 --quiet)
 
 # results.json without the wall times of the runs: the identity of a search's results.

@@ -70,7 +70,8 @@ inline double results_number(const nlohmann::json& v, const char* key, double lo
 /// The run records of a results file: `runs` is its "runs" array, `where` names the file
 /// in messages ("results file 'out/results.json'"), `structures` the family's 2^n and
 /// `seeds` the search's seed count R. Every record is an object with phase "short" or
-/// "long", a mask below `structures`, a seed index in [0, R) (0 for "long"), validation
+/// "long", a mask below `structures`, a seed index in [0, R) (0 for "long"), "epochs"
+/// (optional: absent from files of earlier versions, read as 0) in [1, 10^6], validation
 /// accuracy finite in [0, 1], losses finite and >= 0, seconds (optional) finite and >= 0,
 /// "correct" (optional) the hex of `val_samples` per-image bits that count exactly
 /// val_accuracy * val_samples right images (without `val_samples`, a string, not kept); the
@@ -81,7 +82,7 @@ inline std::vector<RunRecord> read_run_records(const nlohmann::json& runs, const
   if (!runs.is_array()) throw InputError(fmt::format("{}: 'runs' is not a list of run records", where));
   constexpr double any = std::numeric_limits<double>::max();
   std::vector<RunRecord> out;
-  std::map<std::tuple<std::string, std::uint64_t, int>, std::size_t> seen;
+  std::map<std::tuple<std::string, std::uint64_t, int, std::int64_t>, std::size_t> seen;
   for (std::size_t i = 0; i < runs.size(); ++i) {
     const auto& r = runs[i];
     const std::string what = fmt::format("run record {}", i + 1);
@@ -102,6 +103,13 @@ inline std::vector<RunRecord> read_run_records(const nlohmann::json& runs, const
       throw InputError(fmt::format("{}: {} has 'seed' {}, expected a seed index in [0, {})", where, what,
                                    json_echo(seed), limit));
     rec.seed = static_cast<int>(seed.get<std::uint64_t>());
+    if (r.contains("epochs")) {  // absent in files of earlier versions: 0, not known
+      const auto& e = r.at("epochs");
+      if (!detail::is_index(e) || e.get<std::uint64_t>() < 1 || e.get<std::uint64_t>() > 1000000)
+        throw InputError(fmt::format("{}: {} has 'epochs' {}, expected an integer in [1, 1000000]", where,
+                                     what, json_echo(e)));
+      rec.epochs = static_cast<std::int64_t>(e.get<std::uint64_t>());
+    }
     rec.val_accuracy = detail::results_number(field("val_accuracy"), "val_accuracy", 0, 1, where, what);
     rec.val_loss = detail::results_number(field("val_loss"), "val_loss", 0, any, where, what);
     rec.train_loss = detail::results_number(field("train_loss"), "train_loss", 0, any, where, what);
@@ -126,15 +134,16 @@ inline std::vector<RunRecord> read_run_records(const nlohmann::json& runs, const
                           what, rec.correct.count(), rec.val_accuracy, n));
       }
     }
-    const auto [it, fresh] = seen.emplace(std::tuple{rec.phase, rec.mask, rec.seed}, out.size());
+    const auto [it, fresh] = seen.emplace(std::tuple{rec.phase, rec.mask, rec.seed, rec.epochs}, out.size());
     if (!fresh) {
       const RunRecord& first = out[it->second];
       if (std::tie(first.val_accuracy, first.val_loss, first.train_loss, first.seconds) !=
               std::tie(rec.val_accuracy, rec.val_loss, rec.train_loss, rec.seconds) ||
           first.correct.words() != rec.correct.words())
         throw InputError(
-            fmt::format("{}: run records {} and {} are both {} mask {} seed {}, with different values", where,
-                        it->second + 1, i + 1, rec.phase, rec.mask, rec.seed));
+            fmt::format("{}: run records {} and {} are both {} mask {} seed {}{}, with different values",
+                        where, it->second + 1, i + 1, rec.phase, rec.mask, rec.seed,
+                        rec.epochs > 0 ? fmt::format(" epochs {}", rec.epochs) : std::string()));
       continue;
     }
     out.push_back(rec);

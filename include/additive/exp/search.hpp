@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -26,6 +27,7 @@
 #include <span>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <tuple>
 #include <vector>
@@ -53,17 +55,75 @@
 
 namespace additive {
 
+/// One rung of a race: the structures still in contention train with seeds 0 .. seeds-1
+/// for `epochs` epochs each, every run from scratch (a run of an earlier rung with the same
+/// seed and epochs is the same run, and is reused).
+struct Rung {
+  int seeds = 1;
+  std::int64_t epochs = 1;
+  friend bool operator==(const Rung&, const Rung&) = default;
+};
+
+inline void to_json(nlohmann::json& j, const Rung& r) { j = nlohmann::json::array({r.seeds, r.epochs}); }
+
+/// Rungs written as "SEEDSxEPOCHS,...", for example "1x1,3x2,5x4"; InputError naming the
+/// text otherwise (SearchOptions::validate checks that each rung adds budget).
+inline std::vector<Rung> parse_rungs(std::string_view text) {
+  std::vector<Rung> out;
+  const std::string whole = detail::printable(text, 80);
+  const auto bad = [&](std::string_view why) {
+    return InputError(fmt::format("race '{}': {} (expected SEEDSxEPOCHS,..., e.g. 1x1,3x2,5x4)", whole, why));
+  };
+  auto number = [&](std::string_view s, std::int64_t hi) {
+    std::int64_t v = 0;
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (s.empty() || ec != std::errc() || end != s.data() + s.size() || v < 1 || v > hi)
+      throw bad(fmt::format("'{}' is not an integer in [1, {}]", detail::printable(s, 20), hi));
+    return v;
+  };
+  if (text.empty()) throw bad("no rungs");
+  while (!text.empty()) {
+    const auto comma = text.find(',');
+    const std::string_view item = text.substr(0, comma);
+    const auto x = item.find('x');
+    if (x == std::string_view::npos) throw bad("a rung without 'x'");
+    out.push_back({static_cast<int>(number(item.substr(0, x), 1000)), number(item.substr(x + 1), 1000000)});
+    if (out.size() > 16) throw bad("more than 16 rungs");
+    if (comma == std::string_view::npos) break;
+    text.remove_prefix(comma + 1);
+    if (text.empty()) throw bad("a trailing comma");
+  }
+  return out;
+}
+
 /// What a search explores. Together with the model widths, training options and data
 /// these decide its results; `workers` does not.
 struct SearchOptions {
   std::int64_t sample = -1;  ///< -1: every structure; otherwise a seeded sample of this many (>= 1)
   std::uint64_t sample_seed = 0;
-  int seeds = 1;                 ///< R: each structure trains with seeds base + 0 .. base + R-1
-  bool dedupe = true;            ///< train one structure per group of equivalent ones
-  std::int64_t top_k = 8;        ///< size of topk.json
+  int seeds = 1;           ///< R without a race: each structure trains with seeds base + 0 .. base + R-1
+  bool dedupe = true;      ///< train one structure per group of equivalent ones
+  std::int64_t top_k = 8;  ///< size of topk.json
   std::int64_t long_epochs = 0;  ///< > 0: retrain the top `long_top` this long and report Kendall's tau
   std::int64_t long_top = 8;
   int workers = 1;  ///< threads, each training one structure at a time
+  /// Racing (successive halving): every structure runs the first rung; after each rung the
+  /// structures of its top group go on to the next, at most ceil(n / eta) of them (the best
+  /// by mean accuracy), until the last rung or until the top group is one structure. Each
+  /// rung must add seeds or epochs. Empty: no race, one rung of `seeds` x the training epochs.
+  std::vector<Rung> race{};
+  std::int64_t eta = 4;
+
+  /// The rungs the search runs through, given the training options' epochs.
+  [[nodiscard]] std::vector<Rung> rungs(std::int64_t epochs) const {
+    return race.empty() ? std::vector<Rung>{{seeds, epochs}} : race;
+  }
+  /// The largest seed index any run may have, plus one.
+  [[nodiscard]] int max_seeds() const {
+    int r = seeds;
+    for (const auto& g : race) r = std::max(r, g.seeds);
+    return r;
+  }
 
   void validate(std::uint64_t structures) const {
     auto bad = [](const std::string& what) { throw InputError("search options: " + what); };
@@ -76,6 +136,19 @@ struct SearchOptions {
     if (long_epochs < 0 || long_top < 2)
       bad("the short-vs-long check needs long epochs >= 0 and at least 2 structures");
     if (workers < 1) bad("workers must be >= 1");
+    if (race.empty()) return;
+    if (seeds != 1) bad("a race sets the seeds of each rung: seeds must stay 1");
+    if (race.size() > 16) bad("a race has at most 16 rungs");
+    if (eta < 2 || eta > 1000000) bad("eta must be in [2, 1000000]");
+    for (std::size_t k = 0; k < race.size(); ++k) {
+      const Rung& g = race[k];
+      if (g.seeds < 1 || g.seeds > 1000 || g.epochs < 1 || g.epochs > 1000000)
+        bad(fmt::format("rung {} ({} seeds x {} epochs): seeds must be in [1, 1000], epochs in [1, 1000000]",
+                        k + 1, g.seeds, g.epochs));
+      if (k > 0 && (g.seeds < race[k - 1].seeds || g.epochs < race[k - 1].epochs || g == race[k - 1]))
+        bad(fmt::format("rung {} ({}x{}) must add seeds or epochs to rung {} ({}x{}) and take none away",
+                        k + 1, g.seeds, g.epochs, k, race[k - 1].seeds, race[k - 1].epochs));
+    }
   }
 };
 
@@ -83,6 +156,10 @@ inline void to_json(nlohmann::json& j, const SearchOptions& o) {
   j = nlohmann::json{
       {"sample", o.sample}, {"sample_seed", o.sample_seed}, {"seeds", o.seeds},      {"dedupe", o.dedupe},
       {"top_k", o.top_k},   {"long_epochs", o.long_epochs}, {"long_top", o.long_top}};
+  if (!o.race.empty()) {  // a search without a race keeps the settings of earlier versions
+    j["race"] = o.race;
+    j["eta"] = o.eta;
+  }
 }
 
 /// The search over the structures of model M's family. M trains each run (for example
@@ -232,15 +309,92 @@ class StructureSearch {
                 static_cast<std::size_t>(val.size()));
     }
 
-    // Short phase: every representative with every seed.
-    std::vector<Job> jobs;
-    for (const auto& g : groups)
-      for (int r = 0; r < options_.seeds; ++r) jobs.push_back({"short", g.front(), r, train_.epochs});
-    execute(comm, jobs, train, val, own_results, settings_json, groups, progress, "search");
+    // The race (one rung without racing): each rung trains the structures still in it,
+    // ranks them, and passes its top group on, at most ceil(n / eta) of them.
+    const std::vector<Rung> plan = options_.rungs(train_.epochs);
+    std::map<std::uint64_t, std::vector<std::uint64_t>> equivalents;
+    std::vector<std::uint64_t> alive;
+    for (const auto& g : groups) {
+      alive.push_back(g.front());
+      equivalents[g.front()].assign(g.begin() + 1, g.end());
+    }
+    SearchReport report;
+    report.family = family::describe();
+    report.candidates = static_cast<std::int64_t>(masks.size());
+    report.trained = static_cast<std::int64_t>(groups.size());
+    report.top_k = options_.top_k;
+    report.eta = options_.race.empty() ? 0 : options_.eta;
+    std::vector<std::vector<SearchEntry>> dropped;  // by rung, each in its rung's order
+    std::map<std::uint64_t, double> screen;         // first-rung mean accuracy of every structure
+    std::vector<SearchEntry> final_entries;
+    for (std::size_t k = 0; k < plan.size(); ++k) {
+      const Rung& rung = plan[k];
+      std::vector<Job> jobs;
+      for (const auto m : alive)
+        for (int r = 0; r < rung.seeds; ++r) jobs.push_back({"short", m, r, rung.epochs});
+      const std::string label =
+          plan.size() == 1 ? std::string("search")
+                           : fmt::format("rung {}/{} ({}x{})", k + 1, plan.size(), rung.seeds, rung.epochs);
+      execute(comm, jobs, train, val, own_results, settings_json, groups, progress, label);
 
-    SearchReport report = build_report(masks, groups);
+      RungRanking ranking = rank_rung(alive, rung, static_cast<int>(k), equivalents);
+      if (k == 0) {
+        for (const auto& e : ranking.entries) screen[e.mask] = e.acc_mean;
+        if (ranking.table) report.gate_effects = gate_effects(*ranking.table);
+      }
+      RungSummary summary{
+          .seeds = rung.seeds,
+          .epochs = rung.epochs,
+          .structures = static_cast<std::int64_t>(ranking.entries.size()),
+          // without statistics (one seed, no per-image bits) none is shown worse
+          .top_group =
+              ranking.paired ? ranking.paired->top_group : static_cast<std::int64_t>(ranking.entries.size()),
+          .kept = 0,
+          .seed_tau = ranking.paired ? ranking.paired->seed_tau : std::numeric_limits<double>::quiet_NaN()};
+      const bool last = k + 1 == plan.size();
+      if (!last && summary.top_group <= 1) {
+        report.stopped = fmt::format(
+            "the race stopped after rung {} of {}: its leader is ahead of every other structure there", k + 1,
+            plan.size());
+      }
+      if (last || summary.top_group <= 1) {
+        report.rungs.push_back(summary);
+        report.paired = ranking.paired;
+        final_entries = std::move(ranking.entries);
+        break;
+      }
+      // The top group, in rank order, capped at ceil(n / eta) (and at least 2).
+      const auto n = static_cast<std::int64_t>(ranking.entries.size());
+      const std::int64_t cap = std::max<std::int64_t>(2, (n + options_.eta - 1) / options_.eta);
+      std::vector<std::uint64_t> next;
+      std::vector<SearchEntry> out;
+      for (auto& e : ranking.entries) {
+        const bool contender = ranking.paired ? e.top_group : true;
+        if (contender && static_cast<std::int64_t>(next.size()) < cap) {
+          next.push_back(e.mask);
+        } else {
+          e.cut = contender;
+          e.top_group = false;  // the final top group is the last rung's
+          out.push_back(std::move(e));
+        }
+      }
+      summary.kept = static_cast<std::int64_t>(next.size());
+      report.rungs.push_back(summary);
+      dropped.push_back(std::move(out));
+      alive = std::move(next);
+    }
+    // The leaderboard: the last rung's structures, then those dropped, latest rung first.
+    report.entries = std::move(final_entries);
+    for (auto it = dropped.rbegin(); it != dropped.rend(); ++it)
+      for (auto& e : *it) report.entries.push_back(std::move(e));
+    for (std::size_t i = 0; i < report.entries.size(); ++i) {
+      report.entries[i].rank = static_cast<int>(i + 1);
+      report.entries[i].screen_acc = screen.at(report.entries[i].mask);
+    }
+    mark_pareto(report.entries);
 
-    // Trust: retrain the top structures with a longer budget and compare the rankings.
+    // Trust: retrain the top structures with a longer budget and compare with the ranking
+    // of the first rung (the budget at which every structure ran).
     if (options_.long_epochs > 0) {
       const auto n =
           std::min<std::size_t>(static_cast<std::size_t>(options_.long_top), report.entries.size());
@@ -248,11 +402,11 @@ class StructureSearch {
       for (std::size_t i = 0; i < n; ++i)
         long_jobs.push_back({"long", report.entries[i].mask, 0, options_.long_epochs});
       execute(comm, long_jobs, train, val, own_results, settings_json, groups, progress, "long check");
-      RankTrust trust{train_.epochs, options_.long_epochs, {}, {}, {}, 0};
+      RankTrust trust{plan.front().epochs, options_.long_epochs, {}, {}, {}, 0};
       for (std::size_t i = 0; i < n; ++i) {
         trust.masks.push_back(report.entries[i].mask);
-        trust.short_acc.push_back(report.entries[i].acc_mean);
-        trust.long_acc.push_back(runs_.at({"long", report.entries[i].mask, 0}).val_accuracy);
+        trust.short_acc.push_back(report.entries[i].screen_acc);
+        trust.long_acc.push_back(runs_.at({report.entries[i].mask, 0, options_.long_epochs}).val_accuracy);
       }
       trust.tau = kendall_tau_b(trust.short_acc, trust.long_acc);
       report.trust = trust;
@@ -262,12 +416,21 @@ class StructureSearch {
   }
 
  private:
-  using RunKey = std::tuple<std::string, std::uint64_t, int>;  // phase, mask, seed index
+  using RunKey = std::tuple<std::uint64_t, int, std::int64_t>;  // mask, seed index, epochs
   struct Job {
     std::string phase;
     std::uint64_t mask;
     int seed;
     std::int64_t epochs;
+  };
+  static RunKey key(const Job& j) { return {j.mask, j.seed, j.epochs}; }
+  static RunKey key(const RunRecord& r) { return {r.mask, r.seed, r.epochs}; }
+
+  /// One rung's structures ranked, with the paired statistics of the rung.
+  struct RungRanking {
+    std::vector<SearchEntry> entries;  ///< best first
+    std::optional<PairedSummary> paired;
+    std::optional<stats::RunTable> table;  ///< in the entries' order (with >= 2 structures)
   };
 
   static std::vector<std::vector<std::uint64_t>> singleton_groups(const std::vector<std::uint64_t>& masks) {
@@ -287,6 +450,7 @@ class StructureSearch {
     return RunRecord{.phase = job.phase,
                      .mask = job.mask,
                      .seed = job.seed,
+                     .epochs = job.epochs,
                      .val_accuracy = last.val.accuracy,
                      .val_loss = last.val.loss,
                      .train_loss = last.train_loss,
@@ -306,7 +470,7 @@ class StructureSearch {
                const std::string& label) {
     std::vector<Job> todo;
     for (const auto& j : all)
-      if (!runs_.contains({j.phase, j.mask, j.seed})) todo.push_back(j);
+      if (!runs_.contains(key(j))) todo.push_back(j);
     if (todo.empty()) return;
     if (progress && todo.size() < all.size())
       std::fprintf(stderr, "%s: %zu of %zu runs already in %s\n", label.c_str(), all.size() - todo.size(),
@@ -352,7 +516,7 @@ class StructureSearch {
     const std::size_t fields = 9 + 2 * words;
     std::vector<double> out;
     for (const auto& j : mine) {
-      const auto& rec = runs_.at({j.phase, j.mask, j.seed});
+      const auto& rec = runs_.at(key(j));
       const bool bits = rec.correct.size() == val_samples && val_samples > 0;
       out.insert(out.end(), {rec.phase == "long" ? 1.0 : 0.0, static_cast<double>(rec.mask),
                              static_cast<double>(rec.seed), rec.val_accuracy, rec.val_loss, rec.train_loss,
@@ -371,6 +535,7 @@ class StructureSearch {
         RunRecord rec{.phase = v[0] == 1.0 ? "long" : "short",
                       .mask = static_cast<std::uint64_t>(v[1]),
                       .seed = static_cast<int>(v[2]),
+                      .epochs = static_cast<std::int64_t>(v[7]),
                       .val_accuracy = v[3],
                       .val_loss = v[4],
                       .train_loss = v[5],
@@ -382,9 +547,9 @@ class StructureSearch {
                 static_cast<std::uint64_t>(v[9 + 2 * w]) | (static_cast<std::uint64_t>(v[10 + 2 * w]) << 32);
           rec.correct = stats::CorrectBits::from_words(std::move(bits), val_samples);
         }
-        runs_[{rec.phase, rec.mask, rec.seed}] = rec;
+        runs_[key(rec)] = rec;
         ++runs_trained_;
-        epochs_trained_ += static_cast<std::int64_t>(v[7]);
+        epochs_trained_ += rec.epochs;
         bar.update(++done);
       }
     }
@@ -411,12 +576,13 @@ class StructureSearch {
         const RunRecord rec{.phase = j.phase,
                             .mask = j.mask,
                             .seed = j.seed,
+                            .epochs = j.epochs,
                             .val_accuracy = last.val.accuracy,
                             .val_loss = last.val.loss,
                             .train_loss = last.train_loss,
                             .seconds = seconds,
                             .correct = last.val.correct};
-        runs_[{rec.phase, rec.mask, rec.seed}] = rec;
+        runs_[key(rec)] = rec;
         ++runs_trained_;
         epochs_trained_ += j.epochs;
         if (!results.empty()) save(results, settings_json, groups, nullptr);
@@ -437,7 +603,7 @@ class StructureSearch {
         try {
           const RunRecord rec = train_one(todo[i], train, val);
           const std::lock_guard lock(mutex);
-          runs_[{rec.phase, rec.mask, rec.seed}] = rec;
+          runs_[key(rec)] = rec;
           ++runs_trained_;
           epochs_trained_ += todo[i].epochs;
           if (!results.empty()) save(results, settings_json, groups, nullptr);
@@ -459,56 +625,57 @@ class StructureSearch {
     if (failure) std::rethrow_exception(failure);
   }
 
-  SearchReport build_report(const std::vector<std::uint64_t>& masks,
-                            const std::vector<std::vector<std::uint64_t>>& groups) const {
-    SearchReport report;
-    report.family = family::describe();
-    report.candidates = static_cast<std::int64_t>(masks.size());
-    report.trained = static_cast<std::int64_t>(groups.size());
-    report.top_k = options_.top_k;
-    for (const auto& g : groups) {
+  /// The structures `alive` of rung `k`, each with its mean (and std) over the rung's
+  /// seeds at the rung's epochs, ranked (ties: lower loss, then lower mask), with their
+  /// paired comparisons with the rung's leader.
+  RungRanking rank_rung(const std::vector<std::uint64_t>& alive, const Rung& rung, int k,
+                        const std::map<std::uint64_t, std::vector<std::uint64_t>>& equivalents) const {
+    RungRanking out;
+    for (const auto m : alive) {
       SearchEntry e;
-      e.mask = g.front();
-      e.structure = family::to_string(mask_type(e.mask));
-      e.equivalent.assign(g.begin() + 1, g.end());
+      e.mask = m;
+      e.structure = family::to_string(mask_type(m));
+      e.equivalent = equivalents.at(m);
+      e.runs = rung.seeds;
+      e.epochs = rung.epochs;
+      e.rung = k;
       std::vector<double> acc, loss;
-      for (int r = 0; r < options_.seeds; ++r) {
-        const auto& rec = runs_.at({"short", e.mask, r});
+      for (int r = 0; r < rung.seeds; ++r) {
+        const auto& rec = runs_.at({m, r, rung.epochs});
         acc.push_back(rec.val_accuracy);
         loss.push_back(rec.val_loss);
       }
-      e.runs = options_.seeds;
       std::tie(e.acc_mean, e.acc_std) = mean_std(acc);
       std::tie(e.loss_mean, e.loss_std) = mean_std(loss);
-      e.cost = M::cost(model_, mask_type(e.mask), train_.batch);
-      report.entries.push_back(e);
+      e.cost = M::cost(model_, mask_type(m), train_.batch);
+      out.entries.push_back(e);
     }
-    std::sort(report.entries.begin(), report.entries.end(), [](const SearchEntry& a, const SearchEntry& b) {
+    std::sort(out.entries.begin(), out.entries.end(), [](const SearchEntry& a, const SearchEntry& b) {
       return std::tie(b.acc_mean, a.loss_mean, a.mask) < std::tie(a.acc_mean, b.loss_mean, b.mask);
     });
-    for (std::size_t i = 0; i < report.entries.size(); ++i) report.entries[i].rank = static_cast<int>(i + 1);
-    mark_pareto(report.entries);
-    add_statistics(report);
-    return report;
-  }
-
-  /// The paired comparisons with the leader, the top group and the gate effects
-  /// (stats/). Runs pair by seed and, where every run recorded them, by validation image.
-  void add_statistics(SearchReport& report) const {
-    if (report.entries.size() < 2) return;
-    std::vector<std::uint64_t> masks;
-    for (const auto& e : report.entries) masks.push_back(e.mask);
-    stats::RunTable table(masks, options_.seeds);
-    for (std::size_t s = 0; s < masks.size(); ++s)
-      for (int r = 0; r < options_.seeds; ++r) {
-        const RunRecord& rec = runs_.at({"short", masks[s], r});
+    if (out.entries.size() < 2) return out;
+    std::vector<std::uint64_t> order;
+    for (const auto& e : out.entries) order.push_back(e.mask);
+    stats::RunTable table(order, rung.seeds);
+    for (std::size_t s = 0; s < order.size(); ++s)
+      for (int r = 0; r < rung.seeds; ++r) {
+        const RunRecord& rec = runs_.at({order[s], r, rung.epochs});
         if (rec.correct.size() > 0)
           table.set(s, r, rec.correct, rec.val_loss);
-        else  // a run of an older results file, or of the CUDA runner
+        else  // a run of the CUDA runner
           table.set(s, r, rec.val_accuracy, rec.val_loss);
       }
-    // Without every run's images and with one seed there is nothing to pair.
-    if (!table.has_correct() && options_.seeds < 2) return;
+    out.paired = paired_statistics(table, out.entries);
+    out.table = std::move(table);
+    return out;
+  }
+
+  /// The paired comparisons with the leader and the top group (stats/paired.hpp), written
+  /// into `entries` (in the table's order). Runs pair by seed and, where every run recorded
+  /// them, by validation image. Nothing without the images and with one seed.
+  std::optional<PairedSummary> paired_statistics(const stats::RunTable& table,
+                                                 std::vector<SearchEntry>& entries) const {
+    if (!table.has_correct() && table.seeds() < 2) return std::nullopt;
     const stats::PairedOptions po{.seed = derive_seed(train_.seed, seed_domain::resample, 0)};
     const stats::PairedComparison c = stats::top_group(table, po);
     PairedSummary summary;
@@ -521,39 +688,42 @@ class StructureSearch {
     summary.resamples = c.resamples;
     summary.top_group = static_cast<std::int64_t>(c.top_group.size());
     summary.seed_tau = stats::seed_rank_agreement(table).mean_tau;
-    for (std::size_t s = 0; s < masks.size(); ++s) {
+    for (std::size_t s = 0; s < entries.size(); ++s) {
       const stats::PairedDifference& row = c.rows[s];
-      SearchEntry& e = report.entries[s];  // the table is in the entries' order
+      SearchEntry& e = entries[s];
       e.diff = row.difference;
       e.diff_lo = row.lo;
       e.diff_hi = row.hi;
       e.p_adjusted = row.p_adjusted;
       e.top_group = row.in_top_group;
     }
-    report.paired = summary;
+    return summary;
+  }
 
-    // Gate effects need more structures than coefficients (1 + gates).
-    if (static_cast<int>(masks.size()) > family::gates + 1) {
-      GateEffectSummary g;
-      try {
-        const stats::GateEffects fit = stats::fit_gate_effects(table, family::gates);
-        for (const auto& t : fit.terms())
-          if (t.kind != stats::GateTerm::Kind::intercept) {
-            std::string name = family::gate_name(t.gate);
-            if (t.kind == stats::GateTerm::Kind::interaction) name += " x " + family::gate_name(t.other);
-            g.terms.push_back({name, t.estimate, t.lo, t.hi, t.p});
-          }
-        g.r2 = fit.r2();
-        g.adjusted_r2 = fit.adjusted_r2();
-        g.r2_main = fit.r2_main();
-        g.residual_df = fit.residual_df();
-        g.level = fit.level();
-        g.notes = fit.notes();
-      } catch (const InputError& e) {  // a degenerate design (e.g. every accuracy equal): said, not hidden
-        g.notes = {std::string("not fitted: ") + e.what()};
-      }
-      report.gate_effects = std::move(g);
+  /// The gate-effect model fitted to the structures of `table` (one rung's budget). It
+  /// needs more structures than coefficients (1 + gates); a degenerate design (every
+  /// accuracy equal, say) is said in the notes, not hidden.
+  std::optional<GateEffectSummary> gate_effects(const stats::RunTable& table) const {
+    if (static_cast<int>(table.structures()) <= family::gates + 1) return std::nullopt;
+    GateEffectSummary g;
+    try {
+      const stats::GateEffects fit = stats::fit_gate_effects(table, family::gates);
+      for (const auto& t : fit.terms())
+        if (t.kind != stats::GateTerm::Kind::intercept) {
+          std::string name = family::gate_name(t.gate);
+          if (t.kind == stats::GateTerm::Kind::interaction) name += " x " + family::gate_name(t.other);
+          g.terms.push_back({name, t.estimate, t.lo, t.hi, t.p});
+        }
+      g.r2 = fit.r2();
+      g.adjusted_r2 = fit.adjusted_r2();
+      g.r2_main = fit.r2_main();
+      g.residual_df = fit.residual_df();
+      g.level = fit.level();
+      g.notes = fit.notes();
+    } catch (const InputError& e) {
+      g.notes = {std::string("not fitted: ") + e.what()};
     }
+    return g;
   }
 
   void save(const std::filesystem::path& path, const nlohmann::json& settings_json,
@@ -600,8 +770,8 @@ class StructureSearch {
     }
     if (!j.contains("runs")) throw InputError(where + " has no 'runs'");
     for (const auto& rec :
-         read_run_records(j.at("runs"), where, mask_type::count, options_.seeds, val_samples))
-      runs_[{rec.phase, rec.mask, rec.seed}] = rec;
+         read_run_records(j.at("runs"), where, mask_type::count, options_.max_seeds(), val_samples))
+      runs_[key(rec)] = rec;
   }
 
   /// "lr 0.002 there, 0.01 now": the fields of two settings objects that differ (the

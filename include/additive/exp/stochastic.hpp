@@ -167,6 +167,12 @@ inline std::map<std::uint64_t, double> load_search_accuracies(
         throw InputError(fmt::format("{}: 'search' has 'seeds' {}, expected an integer in [1, 1000]", where,
                                      json_echo(r)));
       seeds = static_cast<int>(r.get<std::uint64_t>());
+      // A race sets the seeds of each rung: its largest one bounds the seed indices.
+      if (j.at("search").contains("race") && j.at("search").at("race").is_array())
+        for (const auto& rung : j.at("search").at("race"))
+          if (rung.is_array() && !rung.empty() && detail::is_index(rung[0]))
+            seeds = static_cast<int>(
+                std::min<std::uint64_t>(1000, std::max<std::uint64_t>(seeds, rung[0].get<std::uint64_t>())));
     }
     (void)read_run_records(j.at("runs"), where, structures, seeds, std::nullopt);
   }
