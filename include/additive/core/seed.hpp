@@ -45,6 +45,10 @@ inline constexpr std::uint64_t probe =
     0x70726F6265ULL;  ///< "probe": equivalence probes (k = 0 weights, 1 inputs)
 inline constexpr std::uint64_t resample =
     0x726573616D706C65ULL;  ///< "resample": bootstrap resamples of the statistics (k = replicate)
+inline constexpr std::uint64_t router =
+    0x726F75746572ULL;  ///< "router": a router's weights (k = 0), epoch orders (1 + epoch)
+inline constexpr std::uint64_t random_route =
+    0x726E64726F757465ULL;  ///< "rndroute": random per-sample routings (k = replicate)
 }  // namespace seed_domain
 
 /// The seed of the initial weights of a run with training seed `seed`: every structure
