@@ -64,19 +64,6 @@ struct Flags {
   double comm_timeout = 300;
 };
 
-nlohmann::json read_json(const std::filesystem::path& path, const char* what) {
-  std::error_code ec;
-  if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec))
-    throw InputError(fmt::format("{} '{}' is not a regular file", what, path.string()));
-  std::ifstream in(path);
-  if (!in) throw InputError(fmt::format("cannot open {} '{}'", what, path.string()));
-  try {
-    return parse_json_limited(in, fmt::format("{} '{}'", what, path.string()));
-  } catch (const nlohmann::json::exception& e) {
-    throw InputError(fmt::format("{} '{}' is not valid JSON", what, path.string()));
-  }
-}
-
 /// The structures to co-train and, where known, each one's accuracy trained alone.
 struct Plan {
   std::vector<std::uint64_t> masks;
@@ -89,66 +76,18 @@ Plan make_plan(const Flags& f) {
   Plan plan;
   const std::uint64_t limit = std::uint64_t{1} << F::gates;
   if (!f.masks.empty()) {
-    std::size_t pos = 0;
-    const std::string& s = f.masks;
-    while (pos <= s.size()) {
-      const auto comma = std::min(s.find(',', pos), s.size());
-      const std::string item = s.substr(pos, comma - pos);
-      std::size_t used = 0;
-      std::uint64_t m = 0;
-      try {
-        m = std::stoull(item, &used, 0);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      if (item.empty() || used != item.size())
-        throw InputError(fmt::format("--masks: '{}' is not a mask (e.g. 0x3f)", item));
-      if (m >= limit)
-        throw InputError(
-            fmt::format("--masks: {} has bits beyond the {} gates of the family", item, F::gates));
-      plan.masks.push_back(m);
-      pos = comma + 1;
-    }
+    plan.masks = additive::flags::parse_masks(f.masks, F::gates);
   } else {
     const std::filesystem::path path(f.topk);
-    const auto j = read_json(path, "topk file");
-    try {
-      const auto family = j.at("family").get<std::string>();
-      if (family != F::describe())
-        throw InputError(fmt::format("topk file '{}' is for family {}, --family {} is {}", path.string(),
-                                     detail::printable(family, echo_limit), f.family, F::describe()));
-      if (!j.at("structures").is_array())
-        throw InputError(fmt::format("topk file '{}': 'structures' is not a list", path.string()));
-      for (std::size_t i = 0; i < j.at("structures").size(); ++i) {
-        const auto& e = j.at("structures")[i];
-        const auto& mask = e.at("mask");
-        if (!detail::is_index(mask))
-          throw InputError(fmt::format("topk file '{}': structure {} has 'mask' {}, expected an integer >= 0",
-                                       path.string(), i + 1, json_echo(mask)));
-        const auto m = mask.get<std::uint64_t>();
-        if (m >= limit)
-          throw InputError(fmt::format("topk file '{}': mask {:#x} is not of the family", path.string(), m));
-        plan.masks.push_back(m);
-        if (e.contains("val_accuracy") && e.at("val_accuracy").is_number()) {
-          const double a = e.at("val_accuracy").get<double>();
-          if (!(a >= 0 && a <= 1))
-            throw InputError(
-                fmt::format("topk file '{}': structure {} has 'val_accuracy' {}, expected a number in [0, 1]",
-                            path.string(), i + 1, json_echo(e.at("val_accuracy"))));
-          plan.solo[m] = a;
-        }
-      }
-    } catch (const nlohmann::json::exception&) {
-      throw InputError(
-          fmt::format("topk file '{}' lacks 'family' or 'structures' with masks", path.string()));
+    for (const auto& e : additive::flags::read_topk(path, F::describe(), f.family, F::gates)) {
+      plan.masks.push_back(e.mask);
+      if (e.val_accuracy) plan.solo[e.mask] = *e.val_accuracy;
     }
-    if (plan.masks.empty())
-      throw InputError(fmt::format("topk file '{}' lists no structures", path.string()));
     plan.solo_source = path.string();
     // Every structure's accuracy alone, from the search's results.json next to it.
     const auto results = path.parent_path() / "results.json";
     if (std::filesystem::exists(results)) {
-      const auto r = read_json(results, "search results");
+      const auto r = additive::flags::read_json_file(results, "search results");
       if (r.is_object() && r.contains("report")) {  // a finished search: every entry checked
         for (const auto& [m, acc] : read_report_accuracies(
                  r.at("report"), fmt::format("search results '{}'", results.string()), limit, nullptr))

@@ -14,15 +14,19 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <limits>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <system_error>
 #include <type_traits>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
 #include "additive/core/error.hpp"
+#include "additive/exp/results_file.hpp"
 #include "additive/io/json.hpp"
 #include "additive/nn/mlp.hpp"
 
@@ -237,6 +241,95 @@ inline void add_width_options(CLI::App& app, std::int64_t& d, std::int64_t& h, i
       ->capture_default_str()
       ->check(within<std::int64_t>(shards, 1 << 20))
       ->check(multiple_of(shards));
+}
+
+/// A JSON file, depth-limited (io/json.hpp); InputError naming `what` and the path when it
+/// is missing, not a regular file, or not JSON.
+inline nlohmann::json read_json_file(const std::filesystem::path& path, const char* what) {
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec))
+    throw InputError(fmt::format("{} '{}' is not a regular file", what, path.string()));
+  std::ifstream in(path);
+  if (!in) throw InputError(fmt::format("cannot open {} '{}'", what, path.string()));
+  try {
+    return parse_json_limited(in, fmt::format("{} '{}'", what, path.string()));
+  } catch (const nlohmann::json::exception&) {
+    throw InputError(fmt::format("{} '{}' is not valid JSON", what, path.string()));
+  }
+}
+
+/// A comma-separated list of masks ("0x3f,0x12,7") of a family with `gates` gates;
+/// InputError naming `flag` and the item otherwise.
+inline std::vector<std::uint64_t> parse_masks(const std::string& s, int gates, const char* flag = "--masks") {
+  const std::uint64_t limit = std::uint64_t{1} << gates;
+  std::vector<std::uint64_t> masks;
+  std::size_t pos = 0;
+  while (pos <= s.size()) {
+    const auto comma = std::min(s.find(',', pos), s.size());
+    const std::string item = s.substr(pos, comma - pos);
+    std::size_t used = 0;
+    std::uint64_t m = 0;
+    try {
+      m = std::stoull(item, &used, 0);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (item.empty() || used != item.size() || item.front() == '-')
+      throw InputError(fmt::format("{}: '{}' is not a mask (e.g. 0x3f)", flag, detail::printable(item, 40)));
+    if (m >= limit)
+      throw InputError(fmt::format("{}: {} has bits beyond the {} gates of the family", flag, item, gates));
+    masks.push_back(m);
+    pos = comma + 1;
+  }
+  return masks;
+}
+
+/// One structure of a search's topk.json.
+struct TopkEntry {
+  std::uint64_t mask = 0;
+  std::optional<double> val_accuracy;  ///< when the file gives one
+};
+
+/// The structures of a search's topk.json (exp/report.hpp: topk_json) for the family
+/// named `family` (its describe(); `flag_family` is how the driver's flag named it), of
+/// `gates` gates; InputError naming the file and the field otherwise, or when it lists none.
+inline std::vector<TopkEntry> read_topk(const std::filesystem::path& path, const std::string& family,
+                                        const std::string& flag_family, int gates) {
+  const std::uint64_t limit = std::uint64_t{1} << gates;
+  const auto j = read_json_file(path, "topk file");
+  std::vector<TopkEntry> out;
+  try {
+    const auto there = j.at("family").get<std::string>();
+    if (there != family)
+      throw InputError(fmt::format("topk file '{}' is for family {}, --family {} is {}", path.string(),
+                                   detail::printable(there, echo_limit), flag_family, family));
+    if (!j.at("structures").is_array())
+      throw InputError(fmt::format("topk file '{}': 'structures' is not a list", path.string()));
+    for (std::size_t i = 0; i < j.at("structures").size(); ++i) {
+      const auto& e = j.at("structures")[i];
+      const auto& mask = e.at("mask");
+      if (!detail::is_index(mask))
+        throw InputError(fmt::format("topk file '{}': structure {} has 'mask' {}, expected an integer >= 0",
+                                     path.string(), i + 1, json_echo(mask)));
+      const auto m = mask.get<std::uint64_t>();
+      if (m >= limit)
+        throw InputError(fmt::format("topk file '{}': mask {:#x} is not of the family", path.string(), m));
+      TopkEntry entry{m, std::nullopt};
+      if (e.contains("val_accuracy") && e.at("val_accuracy").is_number()) {
+        const double a = e.at("val_accuracy").get<double>();
+        if (!(a >= 0 && a <= 1))
+          throw InputError(
+              fmt::format("topk file '{}': structure {} has 'val_accuracy' {}, expected a number in [0, 1]",
+                          path.string(), i + 1, json_echo(e.at("val_accuracy"))));
+        entry.val_accuracy = a;
+      }
+      out.push_back(entry);
+    }
+  } catch (const nlohmann::json::exception&) {
+    throw InputError(fmt::format("topk file '{}' lacks 'family' or 'structures' with masks", path.string()));
+  }
+  if (out.empty()) throw InputError(fmt::format("topk file '{}' lists no structures", path.string()));
+  return out;
 }
 
 }  // namespace additive::flags

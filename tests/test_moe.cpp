@@ -270,7 +270,7 @@ TEST_CASE(
   e1.train_shared(TrainOptions{.epochs = 2, .batch = 40, .lr = 5e-3, .seed = 4}, GatingOptions{.p = 0.5},
                   shared_train, test_split);
   const auto r = e1.run(router_train, test_split);
-  REQUIRE(r.strategies.size() == 6);
+  REQUIRE(r.strategies.size() == 7);
   const auto& t = e1.test_table();
   const auto& costs = e1.costs();
   CHECK(costs.size() == masks.size());
@@ -297,6 +297,15 @@ TEST_CASE(
     }
   }
   CHECK(r.strategy("best_single").load[r.best_single] == t.samples);
+  // Random routings: replicate 0 is the typical one; the best of 20 on the test split is
+  // at least as accurate and is that replicate's evaluation.
+  CHECK(evaluate_assignment(t, random_assignment(masks.size(), t.samples, o.random_seed, 0), costs,
+                            "random") == r.strategy("random"));
+  CHECK(evaluate_assignment(t, random_assignment(masks.size(), t.samples, o.random_seed, r.best_random),
+                            costs, "best_random", true) == r.strategy("best_random"));
+  for (std::uint64_t rep = 0; rep < 20; ++rep)
+    CHECK(evaluate_assignment(t, random_assignment(masks.size(), t.samples, o.random_seed, rep), costs)
+              .accuracy <= r.strategy("best_random").accuracy);
   // Dense is evaluated separately when not a candidate: its loss is the mean of its table.
   const auto dense = per_sample_losses<Net>(config, e1.shared(), test_split, {0x3f});
   CHECK(r.strategy("dense").loss ==
@@ -326,13 +335,13 @@ TEST_CASE(
   std::ifstream in(dir / "moe.json");
   const auto j = nlohmann::json::parse(in);
   CHECK(j.at("format") == "additive-moe-1");
-  CHECK(j.at("strategies").size() == 6);
+  CHECK(j.at("strategies").size() == 7);
   CHECK(j.at("candidates").size() == masks.size());
   std::ifstream csv(dir / "moe.csv");
   std::string line;
   int lines = 0;
   while (std::getline(csv, line)) ++lines;
-  CHECK(lines == 7);
+  CHECK(lines == 8);  // header + 7 strategies
   std::ifstream svg(dir / "moe.svg");
   std::stringstream ss;
   ss << svg.rdbuf();
