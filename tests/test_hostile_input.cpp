@@ -158,7 +158,9 @@ TEST_CASE("read_run_records: what the search could have written, and nothing els
       {json{{"epochs", 1e12}}, "'epochs' 1000000000000.0, expected"},
       {json{{"epochs", "4"}}, "'epochs' \"4\""},
   };
-  for (const auto& [changes, expected] : bad) {
+  for (const auto& item : bad) {
+    const json& changes = item.first;  // not a structured binding: clang 14 cannot capture those
+    const std::string& expected = item.second;
     CAPTURE(changes.dump());
     const std::string msg = error_of([&] {
       (void)additive::read_run_records(json::array({record(changes)}), where, 64, 2, std::nullopt);

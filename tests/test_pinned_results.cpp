@@ -109,9 +109,10 @@ void check_close(const nlohmann::json& a, const nlohmann::json& b, const std::st
       for (std::size_t i = 0; i < b.size(); ++i)
         check_close(a[i], b[i], where + "[" + std::to_string(i) + "]", rel);
     else
-      for (const auto& [k, v] : b.items()) {
+      for (const auto& item : b.items()) {  // no structured binding: clang 14 cannot capture those
+        const std::string& k = item.key();
         REQUIRE_MESSAGE(a.contains(k), where, ".", k);
-        check_close(a.at(k), v, where + "." + k, rel);
+        check_close(a.at(k), item.value(), where + "." + k, rel);
       }
     return;
   }
