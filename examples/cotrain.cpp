@@ -264,16 +264,10 @@ struct Data {
 };
 
 void load(const Flags& f, const Setup& s, Data& d) {
-  d.set = load_idx_dataset(f.data, "train");
-  if (d.set.input_dim() != s.model.in_dim)
-    throw InputError(
-        fmt::format("{}: images are {}x{}, the model expects 28x28", f.data, d.set.rows, d.set.cols));
-  if (f.val < 1 || f.val >= d.set.count)
-    throw InputError(fmt::format("--val {} must be in [1, {})", f.val, d.set.count));
-  auto [train_idx, val_idx] = split_validation(d.set, f.val, s.train.seed);
-  d.train.emplace(subset(d.set, std::move(train_idx)));
-  if (f.limit > 0) d.train.emplace(limit(*d.train, f.limit));
-  d.val.emplace(subset(d.set, std::move(val_idx)));
+  d.set = additive::flags::load_images(f.data, "train", s.model.in_dim);
+  auto [train, val] = additive::flags::train_val_views(d.set, f.val, f.limit, s.train.seed);
+  d.train.emplace(train);
+  d.val.emplace(val);
 }
 
 /// One rank: co-train its structure; rank 0 keeps the weights and the result.

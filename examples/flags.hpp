@@ -26,6 +26,8 @@
 #include <CLI/CLI.hpp>
 
 #include "additive/core/error.hpp"
+#include "additive/data/dataset.hpp"
+#include "additive/data/idx.hpp"
 #include "additive/exp/results_file.hpp"
 #include "additive/io/json.hpp"
 #include "additive/nn/mlp.hpp"
@@ -330,6 +332,28 @@ inline std::vector<TopkEntry> read_topk(const std::filesystem::path& path, const
   }
   if (out.empty()) throw InputError(fmt::format("topk file '{}' lists no structures", path.string()));
   return out;
+}
+
+/// The IDX images of `split` ("train" or "test") in directory `dir`, checked to have
+/// `in_dim` pixels (the models take 28x28); InputError naming `dir` otherwise.
+inline ImageDataset load_images(const std::string& dir, const char* split, std::int64_t in_dim) {
+  ImageDataset set = load_idx_dataset(dir, split);
+  if (set.input_dim() != in_dim)
+    throw InputError(fmt::format("{}: images are {}x{}, the model expects 28x28", dir, set.rows, set.cols));
+  return set;
+}
+
+/// --val and --limit applied to the training images `set`: the training view (the images
+/// outside the seeded validation split, the first `limit` of them, 0: all) and the
+/// validation view of `val` images. `set` must outlive both views.
+inline std::pair<DatasetView, DatasetView> train_val_views(const ImageDataset& set, std::int64_t val,
+                                                           std::int64_t limit, std::uint64_t seed) {
+  if (val < 1 || val >= set.count)
+    throw InputError(fmt::format("--val {} must be in [1, {})", val, set.count));
+  auto [train_idx, val_idx] = split_validation(set, val, seed);
+  DatasetView train = subset(set, std::move(train_idx));
+  if (limit > 0) train = additive::limit(train, limit);
+  return {train, subset(set, std::move(val_idx))};
 }
 
 }  // namespace additive::flags

@@ -111,18 +111,9 @@ int run(const Flags& f, TrainOptions train, MoeOptions options) {
   additive::flags::check_model_fits(model, F::blocks, sizeof(float), 4);
   MixtureOfStructures<cpu::MlpModel<F, float>> engine(model, options);
 
-  const ImageDataset train_set = load_idx_dataset(f.data, "train");
-  const ImageDataset test_set = load_idx_dataset(f.data, "test");
-  for (const ImageDataset* s : {&train_set, &test_set})
-    if (s->input_dim() != model.in_dim)
-      throw InputError(
-          fmt::format("{}: images are {}x{}, the model expects 28x28", f.data, s->rows, s->cols));
-  if (f.val < 1 || f.val >= train_set.count)
-    throw InputError(fmt::format("--val {} must be in [1, {})", f.val, train_set.count));
-  auto [train_idx, val_idx] = split_validation(train_set, f.val, train.seed);
-  DatasetView train_view = subset(train_set, std::move(train_idx));
-  if (f.limit > 0) train_view = limit(train_view, f.limit);
-  const DatasetView val_view = subset(train_set, std::move(val_idx));
+  const ImageDataset train_set = additive::flags::load_images(f.data, "train", model.in_dim);
+  const ImageDataset test_set = additive::flags::load_images(f.data, "test", model.in_dim);
+  const auto [train_view, val_view] = additive::flags::train_val_views(train_set, f.val, f.limit, train.seed);
   DatasetView test_view(test_set);
   if (f.test_limit > 0) test_view = limit(test_view, f.test_limit);
 

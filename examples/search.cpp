@@ -116,16 +116,10 @@ int run(Flags f, TrainOptions train, SearchOptions search, Comm& comm) {
   const auto results = out / "results.json";
   std::exception_ptr failure;
   try {
-    train_set = load_idx_dataset(f.data, "train");
-    if (train_set.input_dim() != model.in_dim)
-      throw InputError(fmt::format("{}: images are {}x{}, the model expects 28x28", f.data, train_set.rows,
-                                   train_set.cols));
-    if (f.val < 1 || f.val >= train_set.count)
-      throw InputError(fmt::format("--val {} must be in [1, {})", f.val, train_set.count));
-    auto [train_idx, val_idx] = split_validation(train_set, f.val, train.seed);
-    train_view.emplace(subset(train_set, std::move(train_idx)));
-    if (f.limit > 0) train_view.emplace(limit(*train_view, f.limit));
-    val_view.emplace(subset(train_set, std::move(val_idx)));
+    train_set = additive::flags::load_images(f.data, "train", model.in_dim);
+    auto [tv, vv] = additive::flags::train_val_views(train_set, f.val, f.limit, train.seed);
+    train_view.emplace(tv);
+    val_view.emplace(vv);
     if (root) {
       // A resumed search needs its directory already; a failed resume must not create one.
       if (!f.resume) std::filesystem::create_directories(out);

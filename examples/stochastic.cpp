@@ -59,16 +59,8 @@ int run(const Flags& f, TrainOptions train, StochasticOptions options) {
   if (!f.search_results.empty())
     (void)load_search_accuracies(f.search_results, F::describe(), F::mask_type::count);
 
-  const ImageDataset train_set = load_idx_dataset(f.data, "train");
-  if (train_set.input_dim() != model.in_dim)
-    throw InputError(
-        fmt::format("{}: images are {}x{}, the model expects 28x28", f.data, train_set.rows, train_set.cols));
-  if (f.val < 1 || f.val >= train_set.count)
-    throw InputError(fmt::format("--val {} must be in [1, {})", f.val, train_set.count));
-  auto [train_idx, val_idx] = split_validation(train_set, f.val, train.seed);
-  DatasetView train_view = subset(train_set, std::move(train_idx));
-  if (f.limit > 0) train_view = limit(train_view, f.limit);
-  const DatasetView val_view = subset(train_set, std::move(val_idx));
+  const ImageDataset train_set = additive::flags::load_images(f.data, "train", model.in_dim);
+  const auto [train_view, val_view] = additive::flags::train_val_views(train_set, f.val, f.limit, train.seed);
 
   const std::filesystem::path out(f.out);
   std::filesystem::create_directories(out);

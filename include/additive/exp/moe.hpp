@@ -47,11 +47,6 @@ namespace moe_detail {
 /// A uniform double in [0, 1) from 53 bits of the generator (portable, unlike std's).
 inline double uniform01(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
 
-/// Fisher-Yates with bounded_rand: the same permutation on every standard library.
-inline void shuffle(std::vector<std::int64_t>& v, std::mt19937_64& rng) {
-  for (std::size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[bounded_rand(rng, i)]);
-}
-
 /// Softmax cross-entropy of one column (in double) and whether its first largest entry is
 /// the label.
 template <class T>
@@ -588,7 +583,7 @@ RouterFit train_router(Router<R>& router, const moe_detail::Matrix<R>& x, const 
   for (std::int64_t e = 0; e < o.epochs; ++e) {
     for (std::int64_t i = 0; i < n; ++i) order[static_cast<std::size_t>(i)] = i;
     std::mt19937_64 rng(derive_seed(o.seed, seed_domain::router, static_cast<std::uint64_t>(1 + e)));
-    moe_detail::shuffle(order, rng);
+    fisher_yates(std::span<std::int64_t>(order), rng);
     for (std::int64_t b0 = 0; b0 < n; b0 += o.batch) {
       const std::int64_t b = std::min<std::int64_t>(o.batch, n - b0);
       xb.resize(x.rows(), b);
